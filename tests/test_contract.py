@@ -1,0 +1,109 @@
+"""Every registered kernel honours the contract; adding a kernel is adding a folder."""
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+import kernels
+from kernels import contract, gpu
+from kernels.contract import ModelDims
+
+KERNELS = sorted(kernels.registry())
+
+
+def test_registry_finds_layernorm():
+    assert "layernorm" in KERNELS
+    with pytest.raises(ValueError, match="unknown kernel 'nope'"):
+        kernels.get("nope")
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_declarations_are_complete(name):
+    k = kernels.get(name)
+    contract.validate_declaration(k)
+    assert k.impls and k.dtypes and k.examples
+    assert set(k.tolerance) >= set(k.dtypes)
+    for shape in k.tune_shapes(ModelDims()) + list(k.examples):
+        shape = contract.check_shape(k, shape)
+        cost = k.cost(shape, k.dtypes[0])
+        assert cost.bytes > 0 and cost.flops >= 0
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("target", sorted(gpu.KNOWN_GPUS))
+def test_heuristic_configs_are_valid_everywhere(name, target):
+    k, spec = kernels.get(name), gpu.by_name(target)
+    for impl in k.impls:
+        for shape in k.tune_shapes(ModelDims()) + list(k.examples):
+            for dtype in k.dtypes:
+                config = contract.check_config(impl, impl.heuristic(shape, dtype, spec))
+                assert impl.valid(config, shape, dtype, spec) is None, (impl.name, shape, dtype)
+                consts = contract.resolved_constants(k, impl, config, shape, dtype)
+                env = contract.launch_env(shape, consts)
+                for launch in impl.launches:
+                    assert all(g >= 1 for g in contract.grid_of(launch, env))
+
+
+def test_tampered_or_stale_configs_are_refused():
+    impl = kernels.get("layernorm").impl("cuda")
+    good = {"VEC": 8, "WARPS_PER_ROW": 1, "ROWS_PER_BLOCK": 4}
+    assert contract.check_config(impl, good) == good
+    for bad in ({**good, "VEC": 3}, {**good, "VEC": "8"}, {**good, "VEC": True},
+                {"VEC": 8, "WARPS_PER_ROW": 1}, {**good, "EXTRA": 1},
+                {**good, "VEC": "8); system(\"rm -rf /\"); (0"}, [("VEC", 8)]):
+        with pytest.raises(ValueError):
+            contract.check_config(impl, bad)
+
+
+def test_shapes_out_of_range_are_refused():
+    k = kernels.get("layernorm")
+    with pytest.raises(ValueError, match="hidden=16 is outside"):
+        contract.check_shape(k, {"rows": 4, "hidden": 16, "with_residual": 0})
+    with pytest.raises(ValueError, match="hidden=8193 is outside"):
+        contract.check_shape(k, {"rows": 4, "hidden": 8193, "with_residual": 0})
+    with pytest.raises(ValueError, match="unknown dims"):
+        contract.check_shape(k, {"rows": 4, "hidden": 64, "with_residual": 0, "x": 1})
+
+
+def test_a_new_kernel_is_a_new_folder(tmp_path, monkeypatch):
+    pkg = tmp_path / "toy_scale"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent('''
+        from kernels.contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+        IMPL = Impl(name="cuda", sources=(), space={"B": (64, 128)},
+                    launches=(Launch("scale", ("cdiv(n, B)", "1", "1"), ("x", "y", "n"),
+                                     threads="B"),),
+                    constants=lambda c, s, d: {"B": c["B"]},
+                    valid=lambda c, s, d, g: None, heuristic=lambda s, d, g: {"B": 64})
+        KERNEL = Kernel(name="toy_scale", doc="y = 2x", dims=(Dim("n", dynamic=True),),
+                        tensors=(TensorSpec("x", ("n",)), TensorSpec("y", ("n",), role="out")),
+                        scalars={}, dtypes=("float32",), impls=(IMPL,),
+                        reference=lambda i, s, a: {"y": 2 * i["x"].double()},
+                        baseline=lambda i, s, a: 2 * i["x"],
+                        make_inputs=lambda *a: {}, cost=lambda s, d: Cost(8 * s["n"], s["n"]),
+                        tune_shapes=lambda m: [{"n": m.batch * m.seq_len}],
+                        examples=({"n": 3},))
+    '''))
+    monkeypatch.setattr(kernels, "__path__", [*kernels.__path__, str(tmp_path)])
+    kernels.registry.cache_clear()
+    try:
+        assert kernels.get("toy_scale").impl("cuda").space == {"B": (64, 128)}
+    finally:
+        kernels.registry.cache_clear()
+        sys.modules.pop("kernels.toy_scale", None)
+        importlib.invalidate_caches()
+
+
+def test_gpu_names():
+    assert gpu.by_name("H100").arch == "sm_90"
+    assert gpu.identify("NVIDIA A10", (8, 6)).name == "a10"
+    assert gpu.identify("NVIDIA A100-SXM4-80GB", (8, 0)).name == "a100"
+    assert gpu.identify("NVIDIA H100 80GB HBM3", (9, 0)).name == "h100"
+    assert gpu.identify("NVIDIA L4", (8, 9)).name == "l4"
+    assert gpu.identify("NVIDIA GeForce RTX 4090", (8, 9)) is None
+    with pytest.raises(ValueError, match="unknown GPU 'b200'"):
+        gpu.by_name("b200")
+    assert gpu.for_arch("sm_86").smem_per_block == 101376
+    with pytest.raises(ValueError, match="unsupported architecture"):
+        gpu.for_arch("sm_61")
