@@ -232,3 +232,29 @@ def validate_declaration(kernel: Kernel) -> None:
                 expr.parse(e)
         for _, e in impl.workspaces:
             expr.parse(e)
+
+
+def bucket_of(kernel: Kernel, shape: Shape) -> dict[str, int]:
+    """The bucket a shape falls in: static dims exact, dynamic dims rounded up to a power of two.
+
+    Tuned configs are stored per bucket; the plugin generator's C dispatch applies the same rule.
+    """
+    shape = check_shape(kernel, shape)
+    return {k: (1 << (v - 1).bit_length() if k in kernel.dynamic_dims else v)
+            for k, v in shape.items()}
+
+
+def nearest_bucket(kernel: Kernel, shape: Shape, buckets: list[Mapping[str, int]]):
+    """Among tuned ``buckets``, the one to use for ``shape``: static dims must match exactly;
+    then the bucket of the shape itself, else the closest in log2 distance summed over the dynamic
+    dims (ties go to the larger bucket). None when no bucket has the shape's static dims."""
+    target = bucket_of(kernel, shape)
+    same_static = [b for b in buckets if all(b[d] == target[d] for d in kernel.static_dims)]
+    if not same_static:
+        return None
+
+    def distance(b):
+        d = sum(abs(b[k].bit_length() - target[k].bit_length()) for k in kernel.dynamic_dims)
+        return d, -sum(b[k] for k in kernel.dynamic_dims)
+
+    return min(same_static, key=distance)

@@ -107,3 +107,31 @@ def test_gpu_names():
     assert gpu.for_arch("sm_86").smem_per_block == 101376
     with pytest.raises(ValueError, match="unsupported architecture"):
         gpu.for_arch("sm_61")
+
+
+def test_buckets_round_dynamic_dims_only():
+    k = kernels.get("layernorm")
+    assert contract.bucket_of(k, {"rows": 16000, "hidden": 257, "with_residual": 1}) == \
+        {"rows": 16384, "hidden": 257, "with_residual": 1}
+    tuned = [{"rows": r, "hidden": 256, "with_residual": 1} for r in (4096, 16384, 65536)]
+    pick = contract.nearest_bucket
+    assert pick(k, {"rows": 16000, "hidden": 256, "with_residual": 1}, tuned)["rows"] == 16384
+    assert pick(k, {"rows": 9000, "hidden": 256, "with_residual": 1}, tuned)["rows"] == 16384
+    assert pick(k, {"rows": 3, "hidden": 256, "with_residual": 1}, tuned)["rows"] == 4096
+    assert pick(k, {"rows": 10**7, "hidden": 256, "with_residual": 1}, tuned)["rows"] == 65536
+    assert pick(k, {"rows": 16000, "hidden": 512, "with_residual": 1}, tuned) is None
+    # ties between two tuned neighbours go to the larger bucket
+    two = [{"rows": r, "hidden": 256, "with_residual": 1} for r in (4096, 65536)]
+    assert pick(k, {"rows": 16000, "hidden": 256, "with_residual": 1}, two)["rows"] == 65536
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_constants_do_not_depend_on_dynamic_dims(name):
+    """A bucket covers many dynamic values, so one compiled binary must serve them all."""
+    k = kernels.get(name)
+    for impl in k.impls:
+        for shape in k.examples:
+            config = impl.heuristic(shape, k.dtypes[0], None)
+            a = impl.constants(config, shape, k.dtypes[0])
+            other = {**shape, **{d: shape[d] + 1 for d in k.dynamic_dims}}
+            assert impl.constants(config, other, k.dtypes[0]) == a, impl.name
