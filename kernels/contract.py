@@ -62,11 +62,16 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Launch:
+    """One kernel launch. A launch whose ``kernel`` is in the impl's ``fns`` is a Triton launch,
+    otherwise a CUDA one, so an implementation may mix both (say Triton GEMMs around a CUDA
+    depthwise stage). Expressions see the dims, the config and the constants."""
     kernel: str
     grid: tuple[str, str, str]
     args: tuple[str, ...]
-    threads: str = "1"      # CUDA only; Triton launches 32 * num_warps threads
-    smem: str = "0"         # dynamic shared memory bytes, CUDA only
+    threads: str = "1"            # CUDA only
+    smem: str = "0"               # dynamic shared memory bytes, CUDA only
+    num_warps: str = "num_warps"  # Triton only
+    num_stages: str | None = None  # Triton only; None leaves Triton's default
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,9 @@ class Impl:
 
     @property
     def lang(self) -> str:
-        return "triton" if self.fns else "cuda"
+        """"triton", "cuda", or "mixed" — from where each launch's kernel lives."""
+        kinds = {"triton" if launch.kernel in self.fns else "cuda" for launch in self.launches}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 @dataclass(frozen=True)
@@ -193,11 +200,13 @@ def resolved_constants(kernel: Kernel, impl: Impl, config: Config, shape: Shape,
     return consts
 
 
-def launch_env(shape: Shape, consts: Mapping[str, int]) -> dict[str, int]:
-    clash = set(shape) & set(consts)
+def launch_env(shape: Shape, consts: Mapping[str, int],
+               config: Config | None = None) -> dict[str, int]:
+    """What launch expressions see: dims, config values, then constants."""
+    clash = (set(shape) & set(consts)) | (set(shape) & set(config or {}))
     if clash:
-        raise ValueError(f"constants {sorted(clash)} shadow dims of the same name")
-    return {**shape, **consts}
+        raise ValueError(f"config/constants {sorted(clash)} shadow dims of the same name")
+    return {**shape, **(config or {}), **consts}
 
 
 def grid_of(launch: Launch, env: Mapping[str, int]) -> tuple[int, int, int]:
@@ -226,9 +235,8 @@ def validate_declaration(kernel: Kernel) -> None:
             if bad:
                 raise ValueError(f"{kernel.name}/{impl.name}: launch {launch.kernel} takes "
                                  f"unknown arguments {sorted(bad)}")
-            if impl.fns and launch.kernel not in impl.fns:
-                raise ValueError(f"{kernel.name}/{impl.name}: no Triton function {launch.kernel}")
-            for e in (*launch.grid, launch.threads, launch.smem):
+            for e in (*launch.grid, launch.threads, launch.smem, launch.num_warps,
+                      launch.num_stages or "1"):
                 expr.parse(e)
         for _, e in impl.workspaces:
             expr.parse(e)

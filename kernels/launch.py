@@ -124,7 +124,7 @@ def run(kernel: Kernel, impl: Impl, config, tensors: Mapping[str, torch.Tensor |
     if reason:
         raise ValueError(f"{kernel.name}/{impl.name}: config {dict(config)} is invalid for "
                          f"{shape}: {reason}")
-    env = contract.launch_env(shape, consts)
+    env = contract.launch_env(shape, consts, config)
     device = next(t.device for t in tensors.values() if t is not None)
     work = {name: torch.empty(max(expr.evaluate(size, env), 1), dtype=torch.uint8, device=device)
             for name, size in impl.workspaces}
@@ -132,8 +132,8 @@ def run(kernel: Kernel, impl: Impl, config, tensors: Mapping[str, torch.Tensor |
     ctypes_of = {d.name: d.ctype for d in kernel.dims}
     for launch in impl.launches:
         grid = contract.grid_of(launch, env)
-        if impl.lang == "triton":
-            _launch_triton(impl, launch, grid, values, shape, scalars, consts, config)
+        if launch.kernel in impl.fns:
+            _launch_triton(impl, launch, grid, env, values, shape, scalars, consts)
         else:
             _launch_cuda(kernel, impl, launch, grid, env, values, shape, scalars, consts, dtype,
                          ctypes_of)
@@ -147,7 +147,7 @@ def _act_dtype(kernel: Kernel, tensors) -> str:
     raise ValueError(f"{kernel.name}: no activation tensor given")
 
 
-def _launch_triton(impl, launch, grid, values, shape, scalars, consts, config) -> None:
+def _launch_triton(impl, launch, grid, env, values, shape, scalars, consts) -> None:
     fn = impl.fns[launch.kernel]
     placeholder = next(v for v in values.values() if isinstance(v, torch.Tensor))
     args = []
@@ -160,7 +160,9 @@ def _launch_triton(impl, launch, grid, values, shape, scalars, consts, config) -
             args.append(values.get(name, placeholder))
     wanted = set(fn.arg_names)
     kwargs = {k: v for k, v in consts.items() if k in wanted}
-    opts = {k: config[k] for k in ("num_warps", "num_stages") if k in config}
+    opts = {"num_warps": expr.evaluate(launch.num_warps, env)}
+    if launch.num_stages is not None:
+        opts["num_stages"] = expr.evaluate(launch.num_stages, env)
     fn[grid](*args, **kwargs, **opts)
 
 

@@ -40,7 +40,7 @@ def test_heuristic_configs_are_valid_everywhere(name, target):
                 config = contract.check_config(impl, impl.heuristic(shape, dtype, spec))
                 assert impl.valid(config, shape, dtype, spec) is None, (impl.name, shape, dtype)
                 consts = contract.resolved_constants(k, impl, config, shape, dtype)
-                env = contract.launch_env(shape, consts)
+                env = contract.launch_env(shape, consts, config)
                 for launch in impl.launches:
                     assert all(g >= 1 for g in contract.grid_of(launch, env))
 

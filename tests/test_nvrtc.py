@@ -6,7 +6,7 @@ from kernels import contract, gpu, launch, nvrtc
 
 ARCHES = ("sm_80", "sm_86", "sm_89", "sm_90")
 CUDA_IMPLS = [(k.name, i.name) for k in kernels.registry().values() for i in k.impls
-              if i.lang == "cuda"]
+              if i.lang != "triton"]
 
 
 @pytest.mark.parametrize("name, impl_name", CUDA_IMPLS)
@@ -22,7 +22,8 @@ def test_cuda_impls_compile_for_every_arch(name, impl_name, arch):
             cubin = launch.cuda_cubin(impl, consts, dtype, arch)
             assert cubin[:4] == b"\x7fELF"
             for lch in impl.launches:
-                assert lch.kernel.encode() in cubin
+                if lch.kernel not in impl.fns:
+                    assert lch.kernel.encode() in cubin
 
 
 def test_compile_error_carries_the_log():

@@ -2,6 +2,7 @@
 kernels.timing.GraphBench) and records the per-call median with the work it did, so the report
 (scripts/bench_report.py) can state GB/s, TFLOP/s and fractions of the measured ceilings."""
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +10,13 @@ import torch
 from kernels import timing
 
 
+HERE = Path(__file__).parent
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
-        item.add_marker(pytest.mark.bench)
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.bench)
 
 
 @functools.lru_cache(maxsize=1)
