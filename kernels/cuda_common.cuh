@@ -40,3 +40,42 @@ __device__ __forceinline__ float ct_warp_sum(float v) {
 }
 
 __device__ __forceinline__ float ct_silu(float v) { return v / (1.0f + __expf(-v)); }
+
+// Global loads/stores of a 2-, 4-, 8- or 16-byte value; STREAM marks them read-once / write-once
+// (ld.global.cs / st.global.cs) so activations do not evict weights from L2.
+template <typename V, typename U> __device__ __forceinline__ V ct_bits(U u) {
+  static_assert(sizeof(U) == sizeof(V), "size mismatch");
+  V v;
+  memcpy(&v, &u, sizeof(V));
+  return v;
+}
+
+template <int STREAM, typename V> __device__ __forceinline__ V ct_ld(const V* p) {
+  if constexpr (!STREAM) {
+    return *p;
+  } else if constexpr (sizeof(V) == 16) {
+    return ct_bits<V>(__ldcs(reinterpret_cast<const uint4*>(p)));
+  } else if constexpr (sizeof(V) == 8) {
+    return ct_bits<V>(__ldcs(reinterpret_cast<const uint2*>(p)));
+  } else if constexpr (sizeof(V) == 4) {
+    return ct_bits<V>(__ldcs(reinterpret_cast<const unsigned*>(p)));
+  } else {
+    static_assert(sizeof(V) == 2, "2, 4, 8 or 16 bytes");
+    return ct_bits<V>(__ldcs(reinterpret_cast<const unsigned short*>(p)));
+  }
+}
+
+template <int STREAM, typename V> __device__ __forceinline__ void ct_st(V* p, const V& v) {
+  if constexpr (!STREAM) {
+    *p = v;
+  } else if constexpr (sizeof(V) == 16) {
+    __stcs(reinterpret_cast<uint4*>(p), ct_bits<uint4>(v));
+  } else if constexpr (sizeof(V) == 8) {
+    __stcs(reinterpret_cast<uint2*>(p), ct_bits<uint2>(v));
+  } else if constexpr (sizeof(V) == 4) {
+    __stcs(reinterpret_cast<unsigned*>(p), ct_bits<unsigned>(v));
+  } else {
+    static_assert(sizeof(V) == 2, "2, 4, 8 or 16 bytes");
+    __stcs(reinterpret_cast<unsigned short*>(p), ct_bits<unsigned short>(v));
+  }
+}

@@ -47,10 +47,10 @@ def test_heuristic_configs_are_valid_everywhere(name, target):
 
 def test_tampered_or_stale_configs_are_refused():
     impl = kernels.get("layernorm").impl("cuda")
-    good = {"VEC": 8, "WARPS_PER_ROW": 1, "ROWS_PER_BLOCK": 4}
+    good = {"VEC": 8, "WARPS_PER_ROW": 1, "ROWS_PER_BLOCK": 4, "STREAM": 0}
     assert contract.check_config(impl, good) == good
     for bad in ({**good, "VEC": 3}, {**good, "VEC": "8"}, {**good, "VEC": True},
-                {"VEC": 8, "WARPS_PER_ROW": 1}, {**good, "EXTRA": 1},
+                {"VEC": 8, "WARPS_PER_ROW": 1, "ROWS_PER_BLOCK": 4}, {**good, "EXTRA": 1},
                 {**good, "VEC": "8); system(\"rm -rf /\"); (0"}, [("VEC", 8)]):
         with pytest.raises(ValueError):
             contract.check_config(impl, bad)

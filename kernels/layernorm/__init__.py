@@ -30,7 +30,7 @@ def _elt(dtype: str) -> int:
 
 def _triton_constants(config, shape, dtype):
     return {"N": shape["hidden"], "BLOCK_N": _pow2(shape["hidden"]), "ROWS": config["ROWS"],
-            "RESIDUAL": shape["with_residual"]}
+            "RESIDUAL": shape["with_residual"], "STREAM": config["STREAM"]}
 
 
 def _triton_valid(config, shape, dtype, gpu):
@@ -47,13 +47,13 @@ def _triton_heuristic(shape, dtype, gpu):
     block_n = _pow2(shape["hidden"])
     rows = max(1, min(16, 2048 // block_n))
     warps = max(1, min(16, rows * block_n // 256))
-    return {"ROWS": rows, "num_warps": warps}
+    return {"ROWS": rows, "num_warps": warps, "STREAM": 0}
 
 
 TRITON = Impl(
     name="triton",
     sources=(HERE / "triton_impl.py",),
-    space={"ROWS": (1, 2, 4, 8, 16, 32), "num_warps": (1, 2, 4, 8, 16)},
+    space={"ROWS": (1, 2, 4, 8, 16, 32), "num_warps": (1, 2, 4, 8, 16), "STREAM": (0, 1)},
     launches=(Launch("layernorm_fwd", ("cdiv(rows, ROWS)", "1", "1"),
                      ("x", "residual", "weight", "bias", "y", "sum", "rows", "eps")),),
     constants=_triton_constants,
@@ -67,7 +67,8 @@ TRITON = Impl(
 
 def _cuda_constants(config, shape, dtype):
     return {"N": shape["hidden"], "VEC": config["VEC"], "WARPS_PER_ROW": config["WARPS_PER_ROW"],
-            "ROWS_PER_BLOCK": config["ROWS_PER_BLOCK"], "RESIDUAL": shape["with_residual"]}
+            "ROWS_PER_BLOCK": config["ROWS_PER_BLOCK"], "RESIDUAL": shape["with_residual"],
+            "STREAM": config["STREAM"]}
 
 
 def _cuda_valid(config, shape, dtype, gpu):
@@ -94,14 +95,14 @@ def _cuda_heuristic(shape, dtype, gpu):
                if v == 1 or (v * _elt(dtype) <= 16 and n % v == 0 and n // v >= 16))
     warps = max(1, min(32, _pow2(-(-n // (vec * 32 * 4)))))   # about 4 accesses per thread
     rows = max(1, min(16, 256 // (32 * warps)))
-    return {"VEC": vec, "WARPS_PER_ROW": warps, "ROWS_PER_BLOCK": rows}
+    return {"VEC": vec, "WARPS_PER_ROW": warps, "ROWS_PER_BLOCK": rows, "STREAM": 0}
 
 
 CUDA = Impl(
     name="cuda",
     sources=(HERE.parent / "cuda_common.cuh", HERE / "layernorm.cu"),
     space={"VEC": (1, 2, 4, 8), "WARPS_PER_ROW": (1, 2, 4, 8, 16, 32),
-           "ROWS_PER_BLOCK": (1, 2, 4, 8, 16)},
+           "ROWS_PER_BLOCK": (1, 2, 4, 8, 16), "STREAM": (0, 1)},
     launches=(Launch("layernorm_fwd", ("cdiv(rows, ROWS_PER_BLOCK)", "1", "1"),
                      ("x", "residual", "weight", "bias", "y", "sum", "rows", "eps"),
                      threads="ROWS_PER_BLOCK * WARPS_PER_ROW * 32"),),

@@ -1,6 +1,7 @@
 // LayerNorm forward with optional fused residual add: s = x + r; y = (s - mean) * rstd * w + b.
 // Statistics in fp32 over values held in registers (two passes over registers, one over memory).
-// Macros: N (hidden), VEC (elements per access), WARPS_PER_ROW, ROWS_PER_BLOCK, RESIDUAL (0/1).
+// Macros: N (hidden), VEC (elements per access), WARPS_PER_ROW, ROWS_PER_BLOCK, RESIDUAL (0/1),
+// STREAM (0/1: streaming loads/stores for the activations).
 // Block: ROWS_PER_BLOCK * WARPS_PER_ROW warps; each group of WARPS_PER_ROW warps owns one row.
 
 #define TPR (WARPS_PER_ROW * 32)
@@ -40,9 +41,9 @@ layernorm_fwd(const ct_t* __restrict__ x, const ct_t* __restrict__ r, const ct_t
     const int col = (i * TPR + t) * VEC;
     const bool in = active && col < N;
     vec_t a, c;
-    if (in) a = *reinterpret_cast<const vec_t*>(x + base + col);
+    if (in) a = ct_ld<STREAM>(reinterpret_cast<const vec_t*>(x + base + col));
 #if RESIDUAL
-    if (in) c = *reinterpret_cast<const vec_t*>(r + base + col);
+    if (in) c = ct_ld<STREAM>(reinterpret_cast<const vec_t*>(r + base + col));
 #endif
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
@@ -55,7 +56,7 @@ layernorm_fwd(const ct_t* __restrict__ x, const ct_t* __restrict__ r, const ct_t
       sum += f;
     }
 #if RESIDUAL
-    if (in) *reinterpret_cast<vec_t*>(s + base + col) = a;
+    if (in) ct_st<STREAM>(reinterpret_cast<vec_t*>(s + base + col), a);
 #endif
   }
   const float mean = row_sum<WARPS_PER_ROW>(sum, partial, row_in_block, warp, lane) * (1.f / N);
@@ -81,6 +82,6 @@ layernorm_fwd(const ct_t* __restrict__ x, const ct_t* __restrict__ r, const ct_t
 #pragma unroll
     for (int j = 0; j < VEC; ++j)
       out.v[j] = ct_from_float<ct_t>(v[i][j] * rstd * ct_to_float(wv.v[j]) + ct_to_float(bv.v[j]));
-    *reinterpret_cast<vec_t*>(y + base + col) = out;
+    ct_st<STREAM>(reinterpret_cast<vec_t*>(y + base + col), out);
   }
 }
