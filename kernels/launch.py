@@ -48,10 +48,15 @@ def source_hash(impl: Impl) -> str:
 def cuda_source(impl: Impl, consts: Mapping[str, int]) -> str:
     """The translation unit of a CUDA implementation for one set of constants: its headers, the
     constants as ``#define`` lines (after the headers, so they cannot touch CUDA's own), then the
-    kernel source."""
-    *headers, main = impl.sources
+    kernel source. Python files among the sources (a mixed impl's Triton kernels) are not part
+    of it."""
+    *headers, main = _cuda_files(impl)
     defines = "".join(f"#define {k} {int(v)}\n" for k, v in sorted(consts.items()))
     return f"{_read_sources(tuple(headers))}\n{defines}#line 1 \"{main.name}\"\n{_read_sources((main,))}"
+
+
+def _cuda_files(impl: Impl) -> tuple:
+    return tuple(p for p in impl.sources if p.suffix != ".py")
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,7 +173,7 @@ def _launch_triton(impl, launch, grid, env, values, shape, scalars, consts) -> N
 
 def cuda_cubin(impl: Impl, consts: Mapping[str, int], dtype: str, arch: str) -> bytes:
     """Compile a CUDA implementation for one set of constants and an architecture (cached)."""
-    return _cuda_binary(cuda_source(impl, consts), impl.sources[-1].name, arch,
+    return _cuda_binary(cuda_source(impl, consts), _cuda_files(impl)[-1].name, arch,
                         tuple(cuda_macros(dtype).items()))
 
 
@@ -216,10 +221,30 @@ def empty_outputs(kernel: Kernel, shape, dtype: str, device, poison: bool = Fals
 
 
 def default_config(kernel: Kernel, impl: Impl, shape, dtype: str) -> dict[str, int]:
-    """The untuned config of ``impl`` for ``shape`` on this GPU (the tuner's cache overrides it)."""
+    """The config of ``impl`` for ``shape``: the tuner's winner for this GPU and the shape's
+    bucket when the winners store has one (``autotune run``), else the untuned heuristic. The
+    interpreter (no GPU) always gets the heuristic."""
     spec = _gpu_spec() if not interpreting() else None
+    if spec is not None:
+        tuned = _tuned_config(kernel.name, impl.name, dtype,
+                              tuple(contract.bucket_of(kernel, shape).items()))
+        if tuned is not None and impl.valid(dict(tuned), shape, dtype, spec) is None:
+            return dict(tuned)
     config = impl.heuristic(shape, dtype, spec)
     return contract.check_config(impl, config)
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_config(kernel: str, impl: str, dtype: str, bucket: tuple) -> tuple | None:
+    """The stored winner's config, looked up once per process and bucket; None when there is
+    none or the store cannot be read (a missing or unreadable database falls back silently)."""
+    try:
+        from cache import best_config
+
+        found = best_config(_gpu_spec().name, kernel, dtype, dict(bucket), impl=impl)
+    except Exception:  # noqa: BLE001 - any failure here means "use the heuristic"
+        return None
+    return None if found is None else tuple(found.config.items())
 
 
 def call(kernel: Kernel, inputs: Mapping[str, torch.Tensor | None], shape, impl: str,

@@ -1,0 +1,251 @@
+"""One optuna study: the search over one task's config space.
+
+The study lives in the winners database (optuna's RDBStorage on the same URL), named by
+:meth:`Task.study_name`, so an interrupted run resumes it and several processes (GPUs of one
+host, or hosts sharing one PostgreSQL) share it. Each proposal is made with optuna's ask/tell
+interface:
+
+* sampler: a grid (every valid config, enqueued) when the valid space has at most
+  :data:`GRID_MAX` configs, else seeded multivariate TPE with the constant liar for concurrent
+  workers; the implementation's heuristic config is enqueued as the first TPE trial;
+* a proposal the contract's ``valid`` rule refuses is told PRUNED (TPE ranks pruned trials below
+  every completed one, so it learns where the invalid region is) and never compiled;
+* a config already measured or being measured (by anyone) is not measured again: the measurement
+  is claimed in the database first (``ct_claims``, an atomic insert), and a failed claim is told
+  FAIL as a duplicate. Failures (compile error, wrong result, crash, timeout) are FAIL trials
+  with their reason, and, being claimed, are never retried;
+* a refused proposal is redirected, so that it still leads to a new measurement: an invalid one
+  to the nearest valid unclaimed config (in steps along each parameter's ordered values), a
+  duplicate (TPE converging on what it has seen) to the nearest unclaimed neighbour of the best
+  config so far: a local search step around the incumbent. Parameters are categorical to TPE;
+  their order is used here.
+
+A claim whose owner process is dead (same host: its pid is gone; another host: older than
+``stale_after``) is released and its trial told FAIL, so nothing waits for it and its config is
+measured again by whoever gets there first.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+
+import optuna
+from optuna.trial import TrialState
+
+import kernels
+from cache import Store
+from cache.db import translated
+from kernels.gpu import GpuSpec
+
+from .space import GRID_MAX, NAMESPACE, Budget, Task, config_key, distance, valid_configs
+
+HOST = socket.gethostname()
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@dataclass
+class Proposal:
+    trial: optuna.Trial
+    config: dict[str, int]
+    key: str
+    started: float
+
+
+def owner_id() -> str:
+    return f"{HOST}:{os.getpid()}"
+
+
+def _owner_gone(owner: str, age_s: float, stale_after: float) -> bool:
+    if age_s > stale_after:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+class Search:
+    """The study of ``task`` on GPU ``gpu`` (its ``spec`` decides which configs are valid)."""
+
+    def __init__(self, task: Task, store: Store, gpu: str, spec: GpuSpec, budget: Budget,
+                 seed: int = 0, namespace: str = NAMESPACE, sampler: str = "auto",
+                 stale_after: float = 600.0):
+        self.task, self.store, self.budget = task, store, budget
+        self.kernel = kernels.get(task.kernel)
+        self.impl = self.kernel.impl(task.impl)
+        self.shape = dict(task.shape)
+        self.spec = spec
+        self.valid = valid_configs(task, spec)
+        if not self.valid:
+            raise ValueError(f"{task.label}: no config of the space is valid on {gpu}")
+        self.mode = sampler if sampler != "auto" else (
+            "grid" if len(self.valid) <= GRID_MAX else "tpe")
+        self.trials = len(self.valid) if self.mode == "grid" else budget.trials_for(len(self.valid))
+        self.name = task.study_name(gpu, namespace)
+        self.seed = (seed + zlib.crc32(self.name.encode())) % 2**31
+        self.owner = owner_id()
+        self.stale_after = stale_after
+        with translated(store.url):
+            self.study = optuna.create_study(
+                study_name=self.name, storage=store.optuna_storage(), direction="minimize",
+                sampler=self._sampler(), load_if_exists=True)
+            if not self.study.trials:
+                self._seed_queue()
+            self._reap_orphans()
+
+    def describe(self) -> str:
+        if self.mode == "grid":
+            how = f"grid: all {len(self.valid)} valid configs"
+        else:
+            how = f"TPE (seed {self.seed}): {self.trials} of {len(self.valid)} valid configs"
+        return f"{self.task.label}: sampler {how}"
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        if self.mode == "grid":   # the queue holds every valid config; nothing is sampled
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        return optuna.samplers.TPESampler(
+            seed=self.seed, multivariate=True, constant_liar=True,
+            n_startup_trials=max(3, min(10, self.trials // 4)))
+
+    def _seed_queue(self) -> None:
+        if self.mode == "grid":
+            first = self.valid
+        else:
+            heuristic = dict(self.impl.heuristic(self.shape, self.task.dtype, self.spec))
+            first = [heuristic] if heuristic in self.valid else []
+        for config in first:
+            self.study.enqueue_trial(config, skip_if_exists=True)
+
+    # ---- proposing and reporting -------------------------------------------------------------
+
+    def next(self) -> Proposal | None:
+        """The next config to measure, claimed; None when there is nothing to measure now (the
+        budget is spent or promised to running measurements, or every valid config is)."""
+        with translated(self.store.url):
+            while True:
+                claims = self._claims()
+                if self._spent(claims) or len(claims) >= len(self.valid):
+                    return None
+                trial = self.study.ask()
+                config = {p: trial.suggest_categorical(p, list(v))
+                          for p, v in self.impl.space.items()}
+                key = config_key(config)
+                reason = self.impl.valid(config, self.shape, self.task.dtype, self.spec)
+                if reason is None and self.store.claim(self.name, key, trial.number, self.owner):
+                    return Proposal(trial, config, key, time.monotonic())
+                if reason is not None:
+                    self._finish(trial, TrialState.PRUNED, "invalid", reason)
+                    anchor = config
+                else:
+                    self._finish(trial, TrialState.FAIL, "duplicate", "measured or claimed")
+                    best = best_of(self.study)
+                    anchor = best[0] if best else config
+                self._redirect(anchor, {c.config for c in claims} | {key}, trial.number)
+
+    def report(self, proposal: Proposal, m) -> None:
+        """Record a measurement (an :class:`autotune.evaluate.Measurement`) of ``proposal``."""
+        seconds = time.monotonic() - proposal.started
+        with translated(self.store.url):
+            if m.outcome == "ok":
+                self._finish(proposal.trial, TrialState.COMPLETE, "ok", m.detail, m.median_us,
+                             m.spread_us)
+            else:
+                self._finish(proposal.trial, TrialState.FAIL, m.outcome, m.detail)
+            self.store.finish_claim(self.name, proposal.key, proposal.trial.number, m.outcome,
+                                    seconds)
+
+    def abandon(self, proposal: Proposal) -> None:
+        """Give a claimed config back unmeasured (the run is stopping)."""
+        with translated(self.store.url):
+            self._finish(proposal.trial, TrialState.FAIL, "abandoned", "run interrupted")
+            self.store.release_claim(self.name, proposal.key, proposal.trial.number)
+
+    def _finish(self, trial, state, outcome: str, detail: str, value=None, spread=None) -> None:
+        """Tell the trial's end; its user attribute "result" says why (one write)."""
+        trial.set_user_attr("result", {"outcome": outcome, "detail": detail[:500],
+                                       "spread_us": spread})
+        self.study.tell(trial, value, state=state)
+
+    def _redirect(self, anchor, claimed: set[str], number: int) -> None:
+        """Enqueue the unclaimed valid config nearest to ``anchor`` (ties: seeded random)."""
+        left = [c for c in self.valid if config_key(c) not in claimed]
+        if left:
+            rng = random.Random(f"{self.seed}:{number}")
+            self.study.enqueue_trial(
+                min(left, key=lambda c: (distance(self.impl, anchor, c), rng.random())))
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def _claims(self):
+        """The study's claims, after releasing those of processes that are gone."""
+        claims = self.store.claims(self.name)
+        now, released = time.time(), False
+        for c in claims:
+            if (c.outcome is None and c.owner != self.owner
+                    and _owner_gone(c.owner, now - c.claimed_at, self.stale_after)
+                    and self.store.release_claim(self.name, c.config, c.trial)):
+                self.study.tell(c.trial, state=TrialState.FAIL, skip_if_finished=True)
+                released = True
+        return self.store.claims(self.name) if released else claims
+
+    def _reap_orphans(self) -> None:
+        """Fail RUNNING trials that hold no claim and are older than ``stale_after`` (a process
+        killed between asking and claiming); claimed ones are reaped through their claim."""
+        claimed = {c.trial for c in self._claims() if c.outcome is None}
+        now = datetime.now()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            if t.number not in claimed and age > self.stale_after:
+                self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+
+    def _spent(self, claims) -> bool:
+        if len(claims) >= self.trials:
+            return True
+        seconds = sum(c.seconds or 0.0 for c in claims)
+        return self.budget.seconds is not None and seconds >= self.budget.seconds
+
+    def complete(self) -> bool:
+        """Nothing is being measured and there is nothing more to measure."""
+        with translated(self.store.url):
+            claims = self._claims()
+        if any(c.outcome is None for c in claims):
+            return False
+        return self._spent(claims) or len(claims) >= len(self.valid)
+
+    def measured(self) -> int:
+        """Configs measured so far (every outcome counts: a trial spent)."""
+        return sum(c.outcome is not None for c in self.store.claims(self.name))
+
+    def best(self):
+        """(config, median µs, spread µs) of the fastest verified config, or None."""
+        return best_of(self.study)
+
+
+def outcome(trial) -> str:
+    """Why a trial ended: a :data:`autotune.evaluate.MEASURED` outcome, "invalid",
+    "duplicate", "abandoned", or "running"."""
+    return (trial.user_attrs.get("result") or {}).get("outcome") or (
+        "running" if trial.state == TrialState.RUNNING else "abandoned")
+
+
+def best_of(study: optuna.Study):
+    ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+          if outcome(t) == "ok"]
+    if not ok:
+        return None
+    t = min(ok, key=lambda t: t.value)
+    return dict(t.params), t.value, t.user_attrs["result"]["spread_us"] or 0.0
