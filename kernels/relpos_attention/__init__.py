@@ -1,0 +1,221 @@
+"""Relative-position multi-head self-attention (ESPnet/WeNet ``RelPositionMultiHeadedAttention``),
+or plain attention (torchaudio's Conformer), fused flash style: the T x T scores never exist.
+
+``out = softmax(((q + u) . k^T + rel_shift((q + v) . p^T)) / sqrt(d_k)) . v`` per head, under a
+key-padding mask from ``lengths`` and an optional U2 chunk mask (``chunk`` frames per chunk,
+``left_chunks`` chunks of history, -1 for all); with ``rel=0`` the scores are q . k^T / sqrt(d_k).
+Tensors are in the layout the projections produce: q, k, v, out [B, T, H*d_k], p [2T-1, H*d_k]
+(``linear_pos`` of the 2T-1-row relative position table, row n = relative position T-1-n),
+pos_bias_u/pos_bias_v [H, d_k], lengths [B] int32. Query rows at or past their sequence's length
+come out as zeros; rows with no key to attend too, never NaN. Softmax statistics and the
+accumulator are fp32. Lengths outside [0, T] are clamped in the kernel (never an out-of-bounds
+read); ``rel_pos_attention(..., check_lengths=True)`` refuses them instead, at the cost of a sync.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import launch
+from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+from . import reference, triton_impl
+
+HERE = Path(__file__).parent
+HEAD_DIMS = (32, 64, 128)
+MAX_WORDS_PER_THREAD = 256   # live 32-bit words per thread beyond which the tiles surely spill
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _check_head_dim(dk: int) -> None:
+    if dk not in HEAD_DIMS:
+        raise ValueError(f"relpos_attention: head dim d_k={dk} is not supported; "
+                         f"use one of {list(HEAD_DIMS)}")
+
+
+# ---- Triton --------------------------------------------------------------------------------
+
+def _triton_constants(config, shape, dtype):
+    _check_head_dim(shape["DK"])
+    return {"HEADS": shape["H"], "HEAD_DIM": shape["DK"], "REL": shape["rel"],
+            "CHUNK": shape["chunk"], "LEFT": shape["left_chunks"], "BLOCK_M": config["BLOCK_M"],
+            "BLOCK_N": config["BLOCK_N"]}
+
+
+def _triton_valid(config, shape, dtype, gpu):
+    bm, bn, warps, dk, rel = (config["BLOCK_M"], config["BLOCK_N"], config["num_warps"],
+                              shape["DK"], shape["rel"])
+    if rel and bm > bn:
+        return "BLOCK_M > BLOCK_N: the position band would not fit in two key chunks"
+    if max(bm, bn) > max(16, _pow2(shape["T"])):
+        return "a block longer than the sequence"
+    if -(-shape["T"] // bm) * shape["B"] * shape["H"] > 2**31 - 1:
+        return "more than 2^31-1 programs"
+    threads = 32 * warps
+    if bm * bn < 4 * threads:
+        return "fewer than 4 scores per thread"
+    # fp32 accumulator, q (+u, +v) as fp16 operands, and the fp32 score-sized tiles in flight
+    words = (bm * dk + (bm * dk if rel else bm * dk // 2) + (3 if rel else 2) * bm * bn) // threads
+    if words > MAX_WORDS_PER_THREAD:
+        return f"about {words} live words per thread would spill"
+    # pipelined K, V (and p) tiles, q, and the band the skew stages in shared memory
+    smem = config["num_stages"] * (2 + rel) * bn * dk * 2 + bm * dk * 2 + rel * bm * 2 * bn * 4
+    if gpu is not None and smem > gpu.smem_per_block:
+        return f"about {smem} bytes of shared memory"
+    return None
+
+
+def _triton_heuristic(shape, dtype, gpu):
+    """64x64 blocks, 4 warps, 3 stages: the fastest of the H100 sweeps for d_k 32, 64 and 128,
+    T 500 and 2000, with and without relative positions (BENCHMARKS.md); smaller blocks for
+    short T, fewer stages where shared memory is smaller (A10, L4)."""
+    block = max(16, min(64, _pow2(shape["T"])))
+    for stages in (3, 2, 1):
+        config = {"BLOCK_M": block, "BLOCK_N": block, "num_warps": 4 if block >= 32 else 2,
+                  "num_stages": stages}
+        if gpu is None or _triton_valid(config, shape, dtype, gpu) is None:
+            break
+    return config
+
+
+TRITON = Impl(
+    name="triton",
+    sources=(HERE / "triton_impl.py",),
+    space={"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
+           "num_stages": (1, 2, 3, 4)},
+    launches=(Launch("relpos_attn_fwd", ("cdiv(T, BLOCK_M) * B * H", "1", "1"),
+                     ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T"),
+                     num_stages="num_stages"),),
+    constants=_triton_constants,
+    valid=_triton_valid,
+    heuristic=_triton_heuristic,
+    fns={"relpos_attn_fwd": triton_impl.relpos_attn_fwd},
+)
+
+
+# ---- the declaration -----------------------------------------------------------------------
+
+def _reference(inputs, shape, scalars):
+    x = {k: (t.double() if t is not None and t.is_floating_point() else t)
+         for k, t in inputs.items()}
+    return {"out": _attention(x, shape)}
+
+
+def _baseline(inputs, shape, scalars):
+    return _attention(inputs, shape)
+
+
+def _attention(x, shape):
+    return reference.attention(x["q"], x["k"], x["v"], x["lengths"], shape["H"], x.get("p"),
+                               x.get("pos_bias_u"), x.get("pos_bias_v"), shape["chunk"],
+                               shape["left_chunks"])
+
+
+def _make_inputs(shape, dtype, device, gen):
+    def randn(*dims, scale=1.0):
+        return (scale * torch.randn(*dims, generator=gen, device=device)).to(dtype)
+
+    b, t, h, dk = shape["B"], shape["T"], shape["H"], shape["DK"]
+    inputs = {name: randn(b, t, h * dk) for name in ("q", "k", "v")}
+    lengths = torch.randint(1, t + 1, (b,), generator=gen, device=device, dtype=torch.int32)
+    lengths[0] = t                       # one full sequence, and one empty one when B >= 3
+    if b >= 3:
+        lengths[2] = 0
+    inputs["lengths"] = lengths
+    if shape["rel"]:
+        inputs.update(p=randn(2 * t - 1, h * dk), pos_bias_u=randn(h, dk, scale=0.5),
+                      pos_bias_v=randn(h, dk, scale=0.5))
+    return inputs
+
+
+def _cost(shape, dtype):
+    """Reads q, k, v (and p, biases), writes out; flops of q.k^T and P.v (and the T x T position
+    scores) over every (query, key) pair, padding included."""
+    b, t, h, dk, rel = shape["B"], shape["T"], shape["H"], shape["DK"], shape["rel"]
+    e = 2
+    data = 4 * b * t * h * dk * e + rel * ((2 * t - 1) * h * dk + 2 * h * dk) * e + 4 * b
+    return Cost(bytes=data, flops=(4 + 2 * rel) * b * h * t * t * dk)
+
+
+def _tune_shapes(dims):
+    return [{"B": dims.batch, "T": dims.seq_len, "H": dims.heads, "DK": dims.d_model // dims.heads,
+             "chunk": 0, "left_chunks": -1, "rel": rel} for rel in (1, 0)]
+
+
+KERNEL = Kernel(
+    name="relpos_attention",
+    doc=__doc__,
+    dims=(Dim("B", 1, 2**20, dynamic=True), Dim("T", 1, 65536, dynamic=True), Dim("H", 1, 64),
+          Dim("DK", 32, 128), Dim("chunk", 0, 65536), Dim("left_chunks", -1, 65536),
+          Dim("rel", 0, 1)),
+    tensors=(TensorSpec("q", ("B", "T", "H * DK")),
+             TensorSpec("k", ("B", "T", "H * DK")),
+             TensorSpec("v", ("B", "T", "H * DK")),
+             TensorSpec("p", ("2 * T - 1", "H * DK"), when="rel"),
+             TensorSpec("pos_bias_u", ("H", "DK"), when="rel"),
+             TensorSpec("pos_bias_v", ("H", "DK"), when="rel"),
+             TensorSpec("lengths", ("B",), dtype="int32"),
+             TensorSpec("out", ("B", "T", "H * DK"), role="out")),
+    scalars={},
+    dtypes=("float16", "bfloat16"),
+    impls=(TRITON,),
+    reference=_reference,
+    baseline=_baseline,
+    make_inputs=_make_inputs,
+    cost=_cost,
+    tune_shapes=_tune_shapes,
+    # bf16 keeps 8 significant bits: q + u, q + v and the probabilities are rounded to it, as in
+    # the eager bf16 module, which itself measures 4-9e-3 from float64 on make_inputs' data.
+    tolerance={"float16": 1e-2, "bfloat16": 2e-2},
+    examples=({"B": 3, "T": 37, "H": 2, "DK": 32, "chunk": 0, "left_chunks": -1, "rel": 1},
+              {"B": 2, "T": 1, "H": 1, "DK": 64, "chunk": 0, "left_chunks": -1, "rel": 1},
+              {"B": 3, "T": 45, "H": 1, "DK": 32, "chunk": 8, "left_chunks": 1, "rel": 1},
+              {"B": 2, "T": 21, "H": 1, "DK": 128, "chunk": 0, "left_chunks": -1, "rel": 0}),
+)
+
+
+def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+                      num_heads: int, p: torch.Tensor | None = None,
+                      pos_bias_u: torch.Tensor | None = None,
+                      pos_bias_v: torch.Tensor | None = None, chunk_size: int | None = None,
+                      num_left_chunks: int = -1, check_lengths: bool = False,
+                      impl: str = "triton", config=None) -> torch.Tensor:
+    """Attention context [B, T, H*d_k] (before the output projection) of q, k, v [B, T, H*d_k].
+
+    With ``p`` [2T-1, H*d_k], ``pos_bias_u`` and ``pos_bias_v`` [H, d_k]: relative-position
+    attention; without them, plain attention. ``chunk_size`` (>= 1) adds the U2 chunk mask with
+    ``num_left_chunks`` chunks of history (negative: all). ``lengths`` is int32 [B];
+    ``check_lengths=True`` verifies 0 <= lengths <= T on the host (a device sync).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v), ("lengths", lengths)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if q.dim() != 3:
+        raise ValueError(f"q must be [B, T, H*d_k], got shape {tuple(q.shape)}")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 \
+            or q.shape[2] % num_heads:
+        raise ValueError(f"num_heads={num_heads!r} must be a positive int dividing "
+                         f"q's last dim {q.shape[2]}")
+    _check_head_dim(q.shape[2] // num_heads)
+    rel_given = [t is not None for t in (p, pos_bias_u, pos_bias_v)]
+    if any(rel_given) and not all(rel_given):
+        raise ValueError("p, pos_bias_u and pos_bias_v go together: give all three for "
+                         "relative positions, none for plain attention")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an int >= 1 (or None for no chunk mask), "
+                         f"got {chunk_size!r}")
+    if isinstance(num_left_chunks, bool) or not isinstance(num_left_chunks, int):
+        raise ValueError(f"num_left_chunks must be an int, got {num_left_chunks!r}")
+    b, t, hd = q.shape
+    if check_lengths and lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > t):
+        raise ValueError(f"lengths must lie in [0, T={t}], got min {int(lengths.min())}, "
+                         f"max {int(lengths.max())}")
+    shape = {"B": b, "T": t, "H": num_heads, "DK": hd // num_heads, "chunk": chunk_size or 0,
+             "left_chunks": max(num_left_chunks, -1), "rel": int(all(rel_given))}
+    inputs = {"q": q, "k": k, "v": v, "p": p, "pos_bias_u": pos_bias_u,
+              "pos_bias_v": pos_bias_v, "lengths": lengths}
+    return launch.call(KERNEL, inputs, shape, impl, config)["out"]

@@ -1,0 +1,80 @@
+"""Relative-position attention on the GPU: T from 1 to 2000 and odd, every head dim and dtype,
+ragged lengths with an empty sequence, chunk masks, a sample of the config space, plain attention
+against SDPA, and a batch whose element offsets pass 2^31."""
+import random
+
+import pytest
+import torch
+
+import kernels
+from kernels import gpu, launch, verify
+
+pytestmark = pytest.mark.gpu
+K = kernels.get("relpos_attention")
+TRITON = K.impl("triton")
+
+
+def _shape(b=3, t=500, h=2, dk=64, chunk=0, left=-1, rel=1):
+    return {"B": b, "T": t, "H": h, "DK": dk, "chunk": chunk, "left_chunks": left, "rel": rel}
+
+
+def _check(shape, dtype, config=None, seed=0):
+    config = config or launch.default_config(K, TRITON, shape, dtype)
+    v = verify.verify(K, TRITON, config, shape, dtype, "cuda", seed=seed)
+    assert v.ok, f"{shape} {dtype} {config}: {v}"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dk", [32, 64, 128])
+@pytest.mark.parametrize("t", [1, 333, 500, 2000])
+def test_lengths_and_head_dims(t, dk, dtype):
+    _check(_shape(t=t, dk=dk), dtype, seed=t + dk)
+
+
+@pytest.mark.parametrize("t", [77, 500, 2000])
+def test_plain_attention(t):
+    _check(_shape(t=t, rel=0), "float16")
+
+
+@pytest.mark.parametrize("rel", [1, 0])
+@pytest.mark.parametrize("chunk, left", [(1, -1), (16, -1), (16, 0), (16, 2), (64, 1), (300, -1)])
+def test_chunk_masks(chunk, left, rel):
+    _check(_shape(t=257, chunk=chunk, left=left, rel=rel), "float16", seed=chunk)
+
+
+def test_sample_of_the_config_space():
+    spec = gpu.running().spec
+    shape = _shape(t=300)
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(1000):
+        config = {k: rng.choice(v) for k, v in TRITON.space.items()}
+        if TRITON.valid(config, shape, "float16", spec) is None:
+            _check(shape, "float16", config, seed=checked)
+            checked += 1
+        if checked == 24:
+            break
+    assert checked == 24
+
+
+def test_plain_attention_equals_sdpa():
+    shape = _shape(b=4, t=640, h=4, rel=0)
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    x = K.make_inputs(shape, torch.float16, "cuda", gen)
+    x["lengths"].fill_(640)
+    out = launch.call(K, x, shape, "triton")["out"]
+    heads = [x[n].view(4, 640, 4, 64).transpose(1, 2) for n in ("q", "k", "v")]
+    sdpa = torch.nn.functional.scaled_dot_product_attention(*heads).transpose(1, 2)
+    assert verify.relative_error(out, sdpa.reshape(4, 640, 256)) < 2e-3
+
+
+def test_offsets_past_2_to_the_31():
+    shape = _shape(b=4100, t=1024, h=4, dk=128)        # 2.15e9 elements in q, k, v and out
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    x = K.make_inputs(shape, torch.float16, "cuda", gen)
+    out = launch.call(K, x, shape, "triton")["out"]
+    pick = torch.tensor([0, 1, 2, 2049, 4098, 4099], device="cuda")
+    small = {k: (t[pick].contiguous() if k in ("q", "k", "v", "lengths") else t)
+             for k, t in x.items()}
+    ref = K.reference(small, {**shape, "B": len(pick)}, {})["out"]
+    assert verify.relative_error(out[pick], ref) < K.tolerance["float16"]

@@ -1,0 +1,174 @@
+"""Relative-position attention: the reference's rel_shift against its definition, the Triton
+kernel (interpreter on CPU, compiled on a GPU) against the float64 reference on ragged, chunked,
+odd-sized cases, and bad input refused before launch."""
+import pytest
+import torch
+
+import kernels
+from kernels import gpu, launch, verify
+from kernels.relpos_attention import reference, rel_pos_attention
+
+K = kernels.get("relpos_attention")
+TRITON = K.impl("triton")
+
+
+def _shape(b=3, t=37, h=2, dk=32, chunk=0, left=-1, rel=1):
+    return {"B": b, "T": t, "H": h, "DK": dk, "chunk": chunk, "left_chunks": left, "rel": rel}
+
+
+@pytest.mark.parametrize("t", [1, 2, 7, 16])
+def test_rel_shift_is_the_index_t_minus_1_minus_i_plus_j(t):
+    x = torch.randn(2, 3, t, 2 * t - 1, dtype=torch.float64)
+    i = torch.arange(t)[:, None]
+    j = torch.arange(t)[None, :]
+    want = x[..., i, t - 1 - i + j]
+    assert torch.equal(reference.rel_shift(x), want)
+
+
+def test_chunk_mask_is_wenets():
+    # WeNet subsequent_chunk_mask(4, 2) = [[1,1,0,0],[1,1,0,0],[1,1,1,1],[1,1,1,1]], and with
+    # one left chunk of size 1 each frame sees itself and the one before it.
+    full = torch.tensor([4])
+    assert reference.attend_mask(full, 4, 2)[0].int().tolist() == \
+        [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert reference.attend_mask(full, 3, 1, 1)[0].int().tolist() == \
+        [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    assert reference.attend_mask(torch.tensor([2]), 3)[0].int().tolist() == [[1, 1, 0]] * 3
+
+
+CASES = [
+    _shape(t=1, h=1, dk=64),
+    _shape(t=40, dk=32),
+    _shape(b=2, t=33, h=1, dk=128),
+    _shape(t=50, h=1, chunk=8, left=1),
+    _shape(t=45, h=1, chunk=5, left=-1),
+    _shape(t=29, h=1, chunk=64, left=0),
+    _shape(t=35, dk=64, rel=0),
+    _shape(t=24, h=1, chunk=4, left=2, rel=0),
+]
+CONFIGS = [None,   # the heuristic
+           {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 1},
+           {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("shape", CASES, ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()))
+def test_matches_reference(device, shape, dtype):
+    spec = gpu.running().spec if device.type == "cuda" else gpu.by_name("h100")
+    for i, config in enumerate(CONFIGS):
+        if config is None:
+            config = launch.default_config(K, TRITON, shape, dtype)
+        if TRITON.valid(config, shape, dtype, spec) is not None:
+            continue
+        v = verify.verify(K, TRITON, config, shape, dtype, device, seed=i)
+        assert v.ok, f"{shape} {dtype} {config}: {v}"
+
+
+def _inputs(device, shape, dtype=torch.float16, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return K.make_inputs(shape, dtype, device, gen)
+
+
+def _call(x, shape, **kw):
+    rel = {k: x[k] for k in ("p", "pos_bias_u", "pos_bias_v") if k in x}
+    chunk = {"chunk_size": shape["chunk"]} if shape["chunk"] else {}
+    return rel_pos_attention(x["q"], x["k"], x["v"], x["lengths"], shape["H"], **rel, **chunk,
+                             num_left_chunks=shape["left_chunks"], **kw)
+
+
+def test_padded_rows_and_empty_sequences_are_zero(device):
+    shape = _shape(b=4, t=40)
+    x = _inputs(device, shape)
+    x["lengths"] = torch.tensor([40, 17, 0, 1], dtype=torch.int32, device=device)
+    out = _call(x, shape)
+    assert out.shape == (4, 40, 64) and torch.isfinite(out).all()
+    for b, n in enumerate(x["lengths"].tolist()):
+        assert not out[b, n:].any()
+    assert out[0].abs().sum() > 0 and out[3, 0].abs().sum() > 0
+    ref = K.reference(x, shape, {})["out"]
+    assert verify.relative_error(out, ref) < K.tolerance["float16"]
+
+
+def test_lengths_outside_0_t_are_clamped_or_refused(device):
+    shape = _shape(b=3, t=20)
+    x = _inputs(device, shape)
+    x["lengths"] = torch.tensor([25, -4, 20], dtype=torch.int32, device=device)
+    clamped = dict(x, lengths=torch.tensor([20, 0, 20], dtype=torch.int32, device=device))
+    assert torch.equal(_call(x, shape), _call(clamped, shape))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=20\]"):
+        _call(x, shape, check_lengths=True)
+    _call(clamped, shape, check_lengths=True)
+
+
+def test_plain_attention_needs_no_positions(device):
+    shape = _shape(t=21, rel=0)
+    x = _inputs(device, shape)
+    out = rel_pos_attention(x["q"], x["k"], x["v"], x["lengths"], num_heads=2)
+    ref = K.reference(x, shape, {})["out"]
+    assert verify.relative_error(out, ref) < K.tolerance["float16"]
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda x: dict(x, q=x["q"][..., :48].contiguous(), k=x["k"][..., :48].contiguous(),
+                    v=x["v"][..., :48].contiguous()), ValueError, "head dim d_k=24"),
+    (lambda x: dict(x, k=x["k"][:, :-1].contiguous()), ValueError, "k has shape"),
+    (lambda x: dict(x, p=x["p"][:-1].contiguous()), ValueError, "p has shape"),
+    (lambda x: dict(x, pos_bias_v=x["pos_bias_v"].t().contiguous()), ValueError,
+     "pos_bias_v has shape"),
+    (lambda x: dict(x, pos_bias_u=None), ValueError, "go together"),
+    (lambda x: dict(x, lengths=x["lengths"].long()), TypeError, "lengths has dtype torch.int64"),
+    (lambda x: dict(x, lengths=x["lengths"][:2].contiguous()), ValueError, "lengths has shape"),
+    (lambda x: dict(x, q=x["q"].float()), TypeError, "dtype"),
+    (lambda x: dict(x, v=x["v"].transpose(0, 1)), ValueError, "contiguous|v has shape"),
+    (lambda x: dict(x, q="q"), TypeError, "q must be a torch.Tensor"),
+])
+def test_bad_input_is_refused(device, change, error, match):
+    x = change(_inputs(device, _shape(t=9)))
+    with pytest.raises(error, match=match):
+        rel_pos_attention(x["q"], x["k"], x["v"], x["lengths"], 2, x["p"], x["pos_bias_u"],
+                          x["pos_bias_v"])
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"num_heads": 3}, "num_heads=3"),
+    ({"num_heads": 2, "chunk_size": 0}, "chunk_size must be an int >= 1"),
+    ({"num_heads": 2, "chunk_size": -16}, "chunk_size must be an int >= 1"),
+    ({"num_heads": 2, "num_left_chunks": 1.5}, "num_left_chunks must be an int"),
+    ({"num_heads": 2, "impl": "cuda"}, "no implementation 'cuda'"),
+])
+def test_bad_arguments_are_refused(device, kw, match):
+    x = _inputs(device, _shape(t=9))
+    with pytest.raises(ValueError, match=match):
+        rel_pos_attention(x["q"], x["k"], x["v"], x["lengths"], p=x["p"],
+                          pos_bias_u=x["pos_bias_u"], pos_bias_v=x["pos_bias_v"], **kw)
+
+
+def test_space_rules_and_heuristic():
+    h100 = gpu.by_name("h100")
+    shape = _shape(b=32, t=500, h=4, dk=64)
+    base = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    assert TRITON.valid(base, shape, "float16", h100) is None
+    assert "BLOCK_M > BLOCK_N" in TRITON.valid({**base, "BLOCK_M": 128}, shape, "float16", h100)
+    assert TRITON.valid({**base, "BLOCK_M": 128}, {**shape, "rel": 0}, "float16", h100) is None
+    assert "shared memory" in TRITON.valid({**base, "BLOCK_N": 128, "num_stages": 4}, shape,
+                                           "float16", h100)
+    assert "longer than the sequence" in TRITON.valid(base, {**shape, "T": 20}, "float16", h100)
+    for t in (1, 15, 16, 100, 500, 2000, 4096):
+        for dk in (32, 64, 128):
+            for rel in (0, 1):
+                s = {**shape, "T": t, "DK": dk, "rel": rel}
+                config = TRITON.heuristic(s, "float16", h100)
+                assert TRITON.valid(config, s, "float16", h100) is None, (s, config)
+    with pytest.raises(ValueError, match="head dim d_k=48"):
+        TRITON.constants(base, {**shape, "DK": 48}, "float16")
+
+
+def test_cost_and_tune_shapes():
+    from kernels.contract import ModelDims
+
+    shape = _shape(b=32, t=500, h=4, dk=64)
+    assert K.cost(shape, "float16").flops == 6 * 32 * 4 * 500 * 500 * 64
+    assert K.cost({**shape, "rel": 0}, "float16").flops == 4 * 32 * 4 * 500 * 500 * 64
+    shapes = K.tune_shapes(ModelDims())
+    assert {s["rel"] for s in shapes} == {0, 1}
+    assert all(s["DK"] == 64 and s["T"] == 500 and s["B"] == 32 for s in shapes)
