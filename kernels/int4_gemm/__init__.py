@@ -1,0 +1,278 @@
+"""W4A16: y = x · W^T (+ bias) with a 4-bit weight quantised per output channel in groups along K.
+
+x [M, K] (fp16/bf16), the weight prepared once by :func:`prepare` (``packing.py`` states the
+quantisation and the packed format: ``qweight`` int32 nibbles, ``scales`` in the activation dtype,
+``zeros`` uint8 with ``asym=1``), W[n, k] = (q[n, k] - z[k // group, n]) · s[k // group, n] with
+z = 8 when symmetric; fp32 accumulation. M is dynamic (1 … millions); N, K, group (32/64/128,
+dividing K), asym and bias are static.
+
+Implementations:
+
+* ``cuda``: mma.sync m16n8k16 with the weight as the A operand (16 rows) and the tokens as B
+  (8 columns), nibbles dequantised in registers two at a time (magic-number conversion), a
+  cp.async pipeline, and warps splitting K inside the CTA — one kernel for GEMV-like small M
+  and compute-bound large M.
+* ``triton``: ``tl.dot`` on tiles dequantised after a gather of the packed words.
+* ``triton_splitk``: the same with K split over SPLIT_K programs and a reduction launch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+from . import packing, tiles, triton_impl
+from .packing import GROUPS, dequantize
+
+__all__ = ["KERNEL", "Int4Weight", "int4_linear", "prepare", "dequantize"]
+
+HERE = Path(__file__).parent
+CDIV16, CDIV64 = "cdiv(N, 16)", "cdiv(K, 64)"
+
+
+def shape_error(shape) -> str | None:
+    """Why a shape's static dims cannot be served (None when they can)."""
+    if shape["group"] not in GROUPS:
+        return f"group={shape['group']} is not one of {GROUPS}"
+    if shape["K"] % shape["group"]:
+        return f"K={shape['K']} is not a multiple of the group size {shape['group']}"
+    return None
+
+
+def _checked(shape) -> None:
+    reason = shape_error(shape)
+    if reason:
+        raise ValueError(f"int4_gemm: {reason}")
+
+
+# ---- CUDA ----------------------------------------------------------------------------------
+
+def _cuda_stage_bytes(config, shape) -> int:
+    s = tiles.sizes(config)
+    sg = max(1, s["BK"] // shape["group"])
+    return s["BN"] // 2 * s["BK"] + 2 * s["BM"] * s["BK"] + sg * s["BN"] * (2 + shape["asym"])
+
+
+def _cuda_constants(config, shape, dtype):
+    _checked(shape)
+    return {**tiles.constants(config, _cuda_stage_bytes(config, shape)), "GROUP": shape["group"],
+            "ASYM": shape["asym"], "BIAS": shape["with_bias"]}
+
+
+def _cuda_valid(config, shape, dtype, gpu):
+    return shape_error(shape) or tiles.invalid(config, _cuda_stage_bytes(config, shape), gpu)
+
+
+def _cuda_heuristic(shape, dtype, gpu):
+    return tiles.heuristic(shape, gpu, lambda c: _cuda_stage_bytes(c, shape))
+
+
+CUDA = Impl(
+    name="cuda",
+    sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "w4a16.cu"),
+    space=tiles.SPACE,
+    launches=(Launch("w4a16_gemm", tiles.GRID,
+                     ("x", "qweight", "scales", "zeros", "bias", "y", "M", "N", "K"),
+                     threads=tiles.THREADS, smem="SMEM"),),
+    constants=_cuda_constants,
+    valid=_cuda_valid,
+    heuristic=_cuda_heuristic,
+)
+
+
+# ---- Triton --------------------------------------------------------------------------------
+
+TRITON_SPACE = {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128, 256),
+                "BLOCK_K": (64, 128, 256), "num_warps": (4, 8), "num_stages": (2, 3, 4, 5)}
+SPLITK_SPACE = {**TRITON_SPACE, "SPLIT_K": (2, 4, 8, 16)}
+REDUCE_BLOCK = 1024
+
+
+def _triton_constants(config, shape, dtype):
+    _checked(shape)
+    return {"N_DIM": shape["N"], "K_DIM": shape["K"], "GROUP": shape["group"], "ASYM": shape["asym"],
+            "BIAS": shape["with_bias"], "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
+            "BLOCK_K": config["BLOCK_K"], "SPLIT_K": config.get("SPLIT_K", 1),
+            "BLOCK": REDUCE_BLOCK}
+
+
+def _triton_valid(config, shape, dtype, gpu):
+    reason = shape_error(shape)
+    if reason:
+        return reason
+    bm, bn, bk, warps = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
+    threads = 32 * warps
+    if bm * bn > 128 * threads:
+        return f"{bm * bn // threads} fp32 accumulators per thread would spill"
+    if bk * bn > 128 * threads:
+        return f"a {bk}x{bn} weight tile is {bk * bn // threads} gathered words per thread"
+    # x and the packed words per stage, and the dot operands (seen: Triton 3.9 for sm_90 takes
+    # 15-53 KB for the tiles of this space's middle, under this estimate)
+    smem = config["num_stages"] * (2 * bm * bk + bn * bk // 2) + 2 * bk * bn
+    cap = gpu.smem_per_block if gpu else tiles.DEFAULT_SMEM
+    if smem > cap:
+        return f"about {smem} bytes of shared memory (limit {cap})"
+    if (config.get("SPLIT_K", 1) - 1) * bk >= shape["K"]:
+        return f"SPLIT_K={config['SPLIT_K']} x BLOCK_K={bk} leaves a part of K={shape['K']} empty"
+    return None
+
+
+def _pow2_at_least(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, 1 << (max(n, 1) - 1).bit_length()))
+
+
+def _triton_heuristic(shape, dtype, gpu, split=False):
+    """From the H100 sweeps (docs/gemms.md): small M wants long K steps and narrow N tiles (or,
+    split, 4-8 parts); large M 128 x 256 tiles."""
+    m, k = shape["M"], shape["K"]
+    if m > 64:
+        config = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8}
+    elif split:
+        config = {"BLOCK_M": _pow2_at_least(m, 16, 64), "BLOCK_N": 64 if m <= 8 else 128,
+                  "BLOCK_K": 128 if k >= 256 else 64, "num_warps": 4}
+    else:
+        config = {"BLOCK_M": _pow2_at_least(m, 16, 64), "BLOCK_N": 64 if m <= 8 else 32,
+                  "BLOCK_K": 256 if k >= 1024 else 128 if k >= 256 else 64, "num_warps": 4}
+    if split:   # at least two BLOCK_K steps per part where K allows
+        most = 8 if m <= 8 else 4
+        config["SPLIT_K"] = max(s for s in SPLITK_SPACE["SPLIT_K"]
+                                if s <= max(2, min(most, k // config["BLOCK_K"] // 2)))
+    for stages in (4, 3, 2) if m <= 64 else (3, 2):
+        config["num_stages"] = stages
+        if _triton_valid(config, shape, dtype, gpu) is None:
+            break
+    return config
+
+
+_GEMM_ARGS = ("x", "qweight", "scales", "zeros", "bias", "y", "ws", "M")
+
+TRITON = Impl(
+    name="triton",
+    sources=(HERE / "triton_impl.py",),
+    space=TRITON_SPACE,
+    launches=(Launch("w4a16_gemm", ("cdiv(M, BLOCK_M)", "cdiv(N, BLOCK_N)", "1"), _GEMM_ARGS,
+                     num_stages="num_stages"),),
+    constants=_triton_constants,
+    valid=_triton_valid,
+    heuristic=_triton_heuristic,
+    fns={"w4a16_gemm": triton_impl.w4a16_gemm},
+    workspaces=(("ws", "0"),),
+)
+
+TRITON_SPLITK = Impl(
+    name="triton_splitk",
+    sources=(HERE / "triton_impl.py",),
+    space=SPLITK_SPACE,
+    launches=(Launch("w4a16_gemm", ("cdiv(M, BLOCK_M)", "cdiv(N, BLOCK_N)", "SPLIT_K"), _GEMM_ARGS,
+                     num_stages="num_stages"),
+              Launch("w4a16_splitk_reduce", ("cdiv(M * N, BLOCK)", "1", "1"), ("ws", "bias", "y", "M"),
+                     num_warps="4")),
+    constants=_triton_constants,
+    valid=_triton_valid,
+    heuristic=lambda shape, dtype, gpu: _triton_heuristic(shape, dtype, gpu, split=True),
+    fns={"w4a16_gemm": triton_impl.w4a16_gemm,
+         "w4a16_splitk_reduce": triton_impl.w4a16_splitk_reduce},
+    workspaces=(("ws", "SPLIT_K * M * N * 4"),),
+)
+
+
+# ---- the declaration -----------------------------------------------------------------------
+
+def dense_weight(inputs, shape) -> torch.Tensor:
+    """The dequantised weight [N, K] in the activation dtype, once per ``qweight`` tensor: what a
+    user without this kernel would hold, and feed to cuBLAS."""
+    return tiles.memoised(inputs["qweight"], lambda: dequantize(
+        inputs["qweight"], inputs["scales"], inputs.get("zeros"), shape["N"], shape["K"],
+        shape["group"]).to(inputs["x"].dtype))
+
+
+def _reference(inputs, shape, scalars):
+    return tiles.reference_linear(inputs, shape, dequantize(
+        inputs["qweight"], inputs["scales"], inputs.get("zeros"), shape["N"], shape["K"],
+        shape["group"]))
+
+
+def _baseline(inputs, shape, scalars):
+    return tiles.baseline_linear(inputs, shape, dense_weight(inputs, shape))
+
+
+def _make_inputs(shape, dtype, device, gen):
+    _checked(shape)
+    w = torch.randn(shape["N"], shape["K"], generator=gen, device=device) / shape["K"] ** 0.5
+    return {**packing.pack_weight(w, shape["group"], bool(shape["asym"]), dtype),
+            **tiles.activations(shape, dtype, device, gen)}
+
+
+def _cost(shape, dtype):
+    m, n, k, groups = shape["M"], shape["N"], shape["K"], shape["K"] // shape["group"]
+    weight = n * k // 2 + groups * n * (2 + shape["asym"]) + 2 * n * shape["with_bias"]
+    return Cost(bytes=2 * m * k + weight + 2 * m * n, flops=2 * m * n * k)
+
+
+def _tune_shapes(dims):
+    shapes = []
+    for n, k in ((dims.ffn, dims.d_model), (dims.d_model, dims.ffn)):
+        group = next((g for g in (128, 64, 32) if k % g == 0), None)
+        if group is None:
+            continue
+        for m in (16, dims.batch * dims.seq_len):
+            shapes.append({"M": m, "N": n, "K": k, "group": group, "asym": 1, "with_bias": 1})
+    return shapes
+
+
+KERNEL = Kernel(
+    name="int4_gemm",
+    doc=__doc__,
+    dims=(Dim("M", 1, 2**31 - 1, dynamic=True), Dim("N", 1, 65536), Dim("K", 32, 65536),
+          Dim("group", 32, 128), Dim("asym", 0, 1), Dim("with_bias", 0, 1)),
+    tensors=(TensorSpec("x", ("M", "K")),
+             TensorSpec("qweight", (f"{CDIV16} * 8", f"{CDIV64} * 16"), dtype="int32"),
+             TensorSpec("scales", ("K // group", f"{CDIV16} * 16")),
+             TensorSpec("zeros", ("K // group", f"{CDIV16} * 16"), dtype="uint8", when="asym"),
+             TensorSpec("bias", ("N",), when="with_bias"),
+             TensorSpec("y", ("M", "N"), role="out")),
+    scalars={},
+    dtypes=("float16", "bfloat16"),
+    impls=(CUDA, TRITON, TRITON_SPLITK),
+    reference=_reference,
+    baseline=_baseline,
+    make_inputs=_make_inputs,
+    cost=_cost,
+    tune_shapes=_tune_shapes,
+    examples=({"M": 1, "N": 33, "K": 96, "group": 32, "asym": 1, "with_bias": 1},
+              {"M": 37, "N": 24, "K": 192, "group": 64, "asym": 0, "with_bias": 0},
+              {"M": 19, "N": 136, "K": 384, "group": 128, "asym": 1, "with_bias": 1}),
+)
+
+
+@dataclass(frozen=True)
+class Int4Weight:
+    """A weight prepared by :func:`prepare`: its packed tensors and the dims they were made for."""
+    tensors: dict
+    n: int
+    k: int
+    group: int
+
+    @property
+    def asym(self) -> bool:
+        return "zeros" in self.tensors
+
+
+def prepare(w: torch.Tensor, group: int = 128, asym: bool = True,
+            dtype: torch.dtype | None = None) -> Int4Weight:
+    """Quantise and pack a float weight [N, K] once, at build time (see ``packing.py``)."""
+    tensors = packing.pack_weight(w, group, asym, dtype)
+    return Int4Weight(tensors, w.shape[0], w.shape[1], group)
+
+
+def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None = None,
+                impl: str = "cuda", config=None) -> torch.Tensor:
+    """y = x · W^T (+ bias) for ``weight = prepare(W, ...)``; x [..., K] contiguous, fp16/bf16 in
+    the dtype of the weight's scales; y [..., N]. Everything is checked before anything launches."""
+    if isinstance(weight, Int4Weight):
+        _checked({"K": weight.k, "group": weight.group})
+    return tiles.linear(KERNEL, x, weight, Int4Weight,
+                        {"group": getattr(weight, "group", 0), "asym": int(getattr(weight, "asym", 0))},
+                        impl, config, bias)

@@ -1,0 +1,130 @@
+// W4A16 GEMM on the tensor cores (mma.sync m16n8k16), dequantising the 4-bit weight in registers:
+//   y[M, N] = x[M, K] · W^T (+ bias),  W[n, k] = (q[n, k] - z[k / GROUP, n]) * s[k / GROUP, n]
+// (z = 8 when !ASYM). Tiles, pipeline and epilogue: gemm_tiles.cuh. Formats (packing.py):
+//   qweight int32 [cdiv(N, 16) * 8, cdiv(K, 64) * 16]: row R = 8 (n / 16) + n % 8 holds weight
+//     rows n and n + 8; word 16 c + 4 t + j holds, for k = 64 c + 16 j + 2 t, the eight nibbles
+//     p = hi + 2 khalf + 4 e of w[n + 8 hi, k + 8 khalf + e] -- one 32-bit word is exactly one
+//     lane's A fragment of one m16n8k16 step, and a lane's four steps are one 16-byte load.
+//   scales [K / GROUP, cdiv(N, 16) * 16] (activation dtype), zeros uint8 (same shape, 0..15).
+// Dequantisation: (w >> 4i) & 0x000f000f | MAGIC puts two nibbles in the mantissas of two
+// halves (fp16 1024 + q, or bf16 128 + q); subtracting MAGIC + z is exact, then one multiply by
+// the scale: two half2 operations per two weights, the "magic number" conversion that FasterTransformer
+// and Marlin use, here with the zero point folded into the subtraction.
+// Macros: WN WM WARPS_N WARPS_M WARPS_K STAGES (gemm_tiles.cuh), GROUP (32/64/128), ASYM, BIAS,
+// SMEM (dynamic shared bytes).
+
+typedef GemmTiles<WN, WM, WARPS_N, WARPS_M, WARPS_K, STAGES> T;
+constexpr int BN = T::BN, BM = T::BM, BK = T::BK;
+
+#define KP4(K) ((((K) + 63) / 64) * 64)               // qweight row bytes
+#define SG (BK >= GROUP ? BK / GROUP : 1)             // scale rows per stage
+#define A_BYTES (BN / 2 * BK)                         // BN / 2 row pairs of BK nibble pairs
+#define S_BYTES (SG * BN * 2)
+#define Z_BYTES (ASYM ? SG * BN : 0)
+#define X_BYTES (BM * BK * 2)
+#define STAGE_BYTES (A_BYTES + S_BYTES + Z_BYTES + X_BYTES)
+
+static_assert(STAGES * STAGE_BYTES <= SMEM && T::EPILOGUE_BYTES <= SMEM, "tiles exceed SMEM");
+
+#if CT_DTYPE == 0
+#define MAGIC 0x6400u  // fp16 1024.0: its last mantissa bit is worth 1
+#else
+#define MAGIC 0x4300u  // bf16 128.0: likewise
+#endif
+
+// Row pairs are read as four consecutive 16-byte chunks by lanes t = 0..3 of two rows; with rows
+// of 128 bytes or more the odd row moves half a bank cycle over.
+__device__ __forceinline__ int a_swz(int r, int q) { return BK == 64 ? q : q ^ ((r & 1) << 2); }
+
+__device__ __forceinline__ gt_v2 bits2(unsigned u) { return ct_bits<gt_v2>(u); }
+
+// A fragment (four registers of two weights) of one m16n8k16 step from its packed word.
+__device__ __forceinline__ void dequant(unsigned (&a)[4], unsigned w, gt_v2 zlo, gt_v2 zhi,
+                                        gt_v2 slo, gt_v2 shi) {
+  constexpr unsigned M2 = MAGIC * 0x10001u;
+  a[0] = ct_bits<unsigned>(__hmul2(__hsub2(bits2((w & 0x000f000fu) | M2), zlo), slo));
+  a[1] = ct_bits<unsigned>(__hmul2(__hsub2(bits2(((w >> 4) & 0x000f000fu) | M2), zhi), shi));
+  a[2] = ct_bits<unsigned>(__hmul2(__hsub2(bits2(((w >> 8) & 0x000f000fu) | M2), zlo), slo));
+  a[3] = ct_bits<unsigned>(__hmul2(__hsub2(bits2(((w >> 12) & 0x000f000fu) | M2), zhi), shi));
+}
+
+extern "C" __global__ void __launch_bounds__(T::THREADS)
+w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
+           const ct_t* __restrict__ scales, const unsigned char* __restrict__ zeros,
+           const ct_t* __restrict__ bias, ct_t* __restrict__ y, int M, int N, int K) {
+  extern __shared__ __align__(16) char smem[];
+  const T::Place p = T::place();
+  const int lane = p.lane, g = p.g, t = p.t, wn = p.wn, wm = p.wm, wk = p.wk;
+  const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+  const int np = (N + 15) / 16 * 16, kp = KP4(K), groups = K / GROUP;
+  const int KT = (K + BK - 1) / BK;
+  constexpr int XVEC = 16;  // K is a multiple of 32: x rows are 16-byte aligned
+
+  float acc[WN][WM][4];
+  T::zero(acc);
+
+  auto load = [&](int slot, int kt) {
+    char* st = smem + slot * STAGE_BYTES;
+    const int k0 = kt * BK, g0 = k0 / GROUP;
+    T::load_tile<BN / 2, BK, 16>(st, reinterpret_cast<const char*>(qweight) + (ct_i64)(n0 / 2) * kp + k0,
+                                 kp, np / 2 - n0 / 2, kp - k0, a_swz);
+    auto flat = [](int, int q) { return q; };
+    T::load_tile<SG, BN * 2, 16>(st + A_BYTES, reinterpret_cast<const char*>(scales + (ct_i64)g0 * np + n0),
+                                 2 * (ct_i64)np, groups - g0, 2 * (np - n0), flat);
+#if ASYM
+    T::load_tile<SG, BN, 16>(st + A_BYTES + S_BYTES, reinterpret_cast<const char*>(zeros + (ct_i64)g0 * np + n0),
+                             np, groups - g0, np - n0, flat);
+#endif
+    T::load_x<XVEC>(st + A_BYTES + S_BYTES + Z_BYTES, x, M, K, m0, k0);
+  };
+
+  auto compute = [&](int slot) {
+    const char* st = smem + slot * STAGE_BYTES;
+    const ct_t* ss = reinterpret_cast<const ct_t*>(st + A_BYTES);
+    const char* sx = st + A_BYTES + S_BYTES + Z_BYTES;
+    uint4 words[WN];
+#pragma unroll
+    for (int i = 0; i < WN; ++i) {
+      const int r = (wn * WN + i) * 8 + g;
+      words[i] = *reinterpret_cast<const uint4*>(st + r * BK + a_swz(r, wk * 4 + t) * 16);
+    }
+    gt_v2 slo[WN], shi[WN], zlo[WN], zhi[WN];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (h == 0 || GROUP == 32) {  // a 32-wide half never straddles a group
+        const int sg = BK >= GROUP ? (wk * 64 + 32 * h) / GROUP : 0;
+#pragma unroll
+        for (int i = 0; i < WN; ++i) {
+          const int r = (wn * WN + i) * 16 + g;
+          const ct_t lo = ss[sg * BN + r], hi = ss[sg * BN + r + 8];
+          slo[i] = gt_v2{lo, lo};
+          shi[i] = gt_v2{hi, hi};
+#if ASYM
+          const unsigned char* sz = reinterpret_cast<const unsigned char*>(st + A_BYTES + S_BYTES);
+          zlo[i] = bits2((MAGIC | sz[sg * BN + r]) * 0x10001u);
+          zhi[i] = bits2((MAGIC | sz[sg * BN + r + 8]) * 0x10001u);
+#else
+          zlo[i] = zhi[i] = bits2((MAGIC | 8u) * 0x10001u);
+#endif
+        }
+      }
+      unsigned b[WM][4];
+#pragma unroll
+      for (int j = 0; j < WM; ++j) T::b_frag(b[j], sx, (wm * WM + j) * 8, wk, h, lane);
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+#pragma unroll
+        for (int i = 0; i < WN; ++i) {
+          const unsigned w = reinterpret_cast<const unsigned*>(&words[i])[2 * h + s];
+          unsigned a[4];
+          dequant(a, w, zlo[i], zhi[i], slo[i], shi[i]);
+#pragma unroll
+          for (int j = 0; j < WM; ++j) gt_mma(acc[i][j], a, b[j][2 * s], b[j][2 * s + 1]);
+        }
+      }
+    }
+  };
+
+  T::pipeline(KT, load, compute);
+  T::template epilogue<BIAS>(acc, smem, y, bias, M, N, m0, n0, p);
+}

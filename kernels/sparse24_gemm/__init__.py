@@ -1,0 +1,146 @@
+"""2:4 structured-sparse GEMM: y = x · W^T (+ bias) with W [N, K] holding at most 2 non-zeros in
+every 4 consecutive values along K, on the sparse tensor cores.
+
+x [M, K] (fp16/bf16); the weight is pruned (:func:`prune_24`) and compressed (:func:`compress`)
+once, into ``values`` (the kept half) and ``meta`` (2-bit positions) — ``packing.py`` states the
+format; fp32 accumulation. M is dynamic; N, K (a multiple of 4) and bias are static.
+
+One implementation, ``cuda``: mma.sp.sync m16n8k32 (sm_80+) with the weight as the sparse A
+operand, on the tiles of ``int4_gemm/gemm_tiles.cuh``. Triton has no sparse-MMA primitive (as of
+3.9 neither ``tl.dot`` nor Gluon's MMA ops take metadata, and its compiler emits no ``mma.sp``),
+so there is no Triton path: see docs/gemms.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+from ..int4_gemm import tiles
+from . import packing
+from .packing import compress, decompress, is_24, prune_24
+
+__all__ = ["KERNEL", "Sparse24Weight", "prepare", "prune_24", "compress", "decompress", "is_24",
+           "sparse24_linear"]
+
+HERE = Path(__file__).parent
+
+
+def _checked(shape) -> None:
+    packing.check_k(shape["K"])
+
+
+def _stage_bytes(config) -> int:
+    s = tiles.sizes(config)
+    return s["BN"] * s["BK"] + s["BN"] // 2 * s["BK"] // 4 + 2 * s["BM"] * s["BK"]
+
+
+def _constants(config, shape, dtype):
+    _checked(shape)
+    return {**tiles.constants(config, _stage_bytes(config)), "BIAS": shape["with_bias"],
+            "XVEC": 16 if shape["K"] % 8 == 0 else 8}
+
+
+def _valid(config, shape, dtype, gpu):
+    if shape["K"] % 4:
+        return f"K={shape['K']} is not a multiple of 4"
+    return tiles.invalid(config, _stage_bytes(config), gpu)
+
+
+CUDA = Impl(
+    name="cuda",
+    sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
+             HERE / "sparse24.cu"),
+    space=tiles.SPACE,
+    launches=(Launch("sparse24_gemm", tiles.GRID, ("x", "values", "meta", "bias", "y", "M", "N", "K"),
+                     threads=tiles.THREADS, smem="SMEM"),),
+    constants=_constants,
+    valid=_valid,
+    heuristic=lambda shape, dtype, gpu: tiles.heuristic(shape, gpu, _stage_bytes),
+)
+
+
+# ---- the declaration -----------------------------------------------------------------------
+
+def dense_weight(inputs, shape) -> torch.Tensor:
+    """The dense (pruned) weight [N, K], once per ``values`` tensor: what cuBLAS gets."""
+    return tiles.memoised(inputs["values"], lambda: decompress(
+        inputs["values"], inputs["meta"], shape["N"], shape["K"]).contiguous())
+
+
+def _reference(inputs, shape, scalars):
+    return tiles.reference_linear(inputs, shape, decompress(
+        inputs["values"], inputs["meta"], shape["N"], shape["K"]))
+
+
+def _baseline(inputs, shape, scalars):
+    return tiles.baseline_linear(inputs, shape, dense_weight(inputs, shape))
+
+
+def _make_inputs(shape, dtype, device, gen):
+    _checked(shape)
+    w = torch.randn(shape["N"], shape["K"], generator=gen, device=device) / (shape["K"] / 2) ** 0.5
+    return {**compress(prune_24(w), dtype), **tiles.activations(shape, dtype, device, gen)}
+
+
+def _cost(shape, dtype):
+    """Bytes: x, the kept values, 4 bits of metadata per 2 of them, y. Flops: the non-zero
+    products only (half the dense 2MNK)."""
+    m, n, k = shape["M"], shape["N"], shape["K"]
+    return Cost(bytes=2 * m * k + n * k + n * k // 8 + 2 * m * n + 2 * n * shape["with_bias"],
+                flops=m * n * k)
+
+
+def _tune_shapes(dims):
+    m = dims.batch * dims.seq_len
+    return [{"M": mm, "N": n, "K": k, "with_bias": 1}
+            for n, k in ((dims.ffn, dims.d_model), (dims.d_model, dims.ffn)) if k % 4 == 0
+            for mm in (16, m)]
+
+
+KERNEL = Kernel(
+    name="sparse24_gemm",
+    doc=__doc__,
+    dims=(Dim("M", 1, 2**31 - 1, dynamic=True), Dim("N", 1, 65536), Dim("K", 4, 65536),
+          Dim("with_bias", 0, 1)),
+    tensors=(TensorSpec("x", ("M", "K")),
+             TensorSpec("values", ("cdiv(N, 16) * 16", "cdiv(K, 64) * 32")),
+             TensorSpec("meta", ("cdiv(N, 16) * 8", "cdiv(K, 64) * 4"), dtype="int32"),
+             TensorSpec("bias", ("N",), when="with_bias"),
+             TensorSpec("y", ("M", "N"), role="out")),
+    scalars={},
+    dtypes=("float16", "bfloat16"),
+    impls=(CUDA,),
+    reference=_reference,
+    baseline=_baseline,
+    make_inputs=_make_inputs,
+    cost=_cost,
+    tune_shapes=_tune_shapes,
+    examples=({"M": 1, "N": 33, "K": 36, "with_bias": 1},
+              {"M": 45, "N": 64, "K": 200, "with_bias": 0},
+              {"M": 130, "N": 48, "K": 64, "with_bias": 1}),
+)
+
+
+@dataclass(frozen=True)
+class Sparse24Weight:
+    """A weight compressed by :func:`prepare`: its tensors and the dims they were made for."""
+    tensors: dict
+    n: int
+    k: int
+
+
+def prepare(w: torch.Tensor, prune: bool = False, dtype: torch.dtype | None = None) -> Sparse24Weight:
+    """Compress a 2:4-sparse weight [N, K] once (``prune=True`` prunes it by magnitude first);
+    a weight that is not 2:4 is refused with ValueError."""
+    tensors = compress(prune_24(w) if prune else w, dtype)
+    return Sparse24Weight(tensors, w.shape[0], w.shape[1])
+
+
+def sparse24_linear(x: torch.Tensor, weight: Sparse24Weight, bias: torch.Tensor | None = None,
+                    config=None) -> torch.Tensor:
+    """y = x · W^T (+ bias) for ``weight = prepare(W)``; x [..., K] contiguous, in the dtype of
+    the weight's values; y [..., N]. Everything is checked before anything launches."""
+    return tiles.linear(KERNEL, x, weight, Sparse24Weight, {}, "cuda", config, bias)

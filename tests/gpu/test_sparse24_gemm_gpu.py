@@ -1,0 +1,62 @@
+"""2:4 sparse GEMM on the GPU: both dtypes from M = 1 to 16 000 with K multiples of 4 that are
+not of 8 or 64, a sample of the config space, offsets past 2^31, the public function, and the
+kernel against cuSPARSELt on the same pruned weight."""
+import pytest
+import torch
+
+import kernels
+from kernels import launch, verify
+from kernels.sparse24_gemm import prepare, prune_24, sparse24_linear
+from tests.gpu.test_int4_gemm_gpu import check_random_configs
+
+pytestmark = pytest.mark.gpu
+K = kernels.get("sparse24_gemm")
+SHAPES = [(1, 4096, 4096, 0), (16, 33, 36, 1), (300, 1000, 1028, 0), (16000, 1024, 256, 1),
+          (16000, 256, 1024, 1), (4097, 264, 200, 0)]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("m, n, k, bias", SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k, _ in SHAPES])
+def test_shapes(dtype, m, n, k, bias):
+    shape = {"M": m, "N": n, "K": k, "with_bias": bias}
+    chosen = K.impl("cuda")
+    config = launch.default_config(K, chosen, shape, dtype)
+    v = verify.verify(K, chosen, config, shape, dtype, "cuda", seed=m + n)
+    assert v.ok, f"{dtype} {shape} {config}: {v}"
+
+
+@pytest.mark.parametrize("m", [1, 77, 1000])
+def test_sample_of_configs(m):
+    check_random_configs(K, {"M": m, "N": 200, "K": 452, "with_bias": 1}, seed=m)
+
+
+def test_offsets_past_2_to_the_31():
+    m, n, k = (1 << 20) + 1, 2048, 64
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    w = prune_24(torch.randn(n, k, device="cuda", generator=gen)).half()
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=gen)
+    y = sparse24_linear(x, prepare(w))
+    rows = torch.cat([torch.arange(64, device="cuda"), torch.arange(m - 64, m, device="cuda")])
+    assert verify.relative_error(y[rows], x[rows].double() @ w.double().t()) < 1e-2
+
+
+def test_public_function_and_cusparselt_agree():
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    w = prune_24(torch.randn(512, 1024, device="cuda", generator=gen)).half()
+    x = torch.randn(2, 64, 1024, device="cuda", dtype=torch.float16, generator=gen)
+    b = torch.randn(512, device="cuda", dtype=torch.float16, generator=gen)
+    y = sparse24_linear(x, prepare(w), bias=b)
+    ref = x.double() @ w.double().t() + b.double()
+    assert verify.relative_error(y, ref) < 1e-2
+    try:
+        from torch.sparse import to_sparse_semi_structured
+        ws = to_sparse_semi_structured(w)
+    except (ImportError, RuntimeError) as exc:   # no cuSPARSELt / CUTLASS kernels in this build
+        pytest.skip(f"torch semi-structured sparsity unavailable: {exc}")
+    theirs = torch.nn.functional.linear(x.reshape(-1, 1024), ws, b).reshape(y.shape)
+    assert verify.relative_error(y, theirs.double()) < 1e-2
+
+
+def test_dense_weight_is_refused():
+    with pytest.raises(ValueError, match="not 2:4"):
+        prepare(torch.randn(64, 128, device="cuda"))

@@ -1,0 +1,106 @@
+"""INT4 weight-only GEMM without a GPU: quantisation, the packed layout (nibble by nibble, against
+the fragment order the CUDA kernel reads), the public function through the Triton interpreter,
+and bad input refused before launch."""
+import pytest
+import torch
+
+from kernels.int4_gemm import KERNEL, dequantize, int4_linear, packing, prepare
+
+
+def _nibble(qweight, n, k):
+    """The nibble of w[n, k] read the way a lane of the CUDA kernel reads it: row pair, word of
+    lane t for m16n8k16 step j, then (w >> 4 * register) & 0x000f000f for register 0..3."""
+    row, hi = 8 * (n // 16) + n % 8, (n % 16) // 8
+    c, j, khalf, t, e = k // 64, (k % 64) // 16, (k % 16) // 8, (k % 8) // 2, k % 2
+    word = int(qweight[row, 16 * c + 4 * t + j]) & 0xFFFFFFFF
+    register = hi + 2 * khalf            # a0: (g, k), a1: (g + 8, k), a2: (g, k + 8), a3: ...
+    return (word >> (4 * register + 16 * e)) & 0xF
+
+
+@pytest.mark.parametrize("n, k", [(16, 64), (33, 96), (40, 384)])
+def test_packing_round_trip_and_fragment_order(n, k):
+    g = torch.Generator().manual_seed(n)
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    packed = packing.pack_q(q)
+    assert packed.dtype == torch.int32 and packed.shape == (packing.cdiv(n, 16) * 8, packing.cdiv(k, 64) * 16)
+    assert torch.equal(packing.unpack_q(packed, n, k), q)
+    for nn in range(n):
+        for kk in range(0, k, 7):
+            assert _nibble(packed, nn, kk) == q[nn, kk], (nn, kk)
+
+
+@pytest.mark.parametrize("asym", [True, False])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_quantisation_error_is_that_of_4_bits(asym, group):
+    w = torch.randn(48, 256, generator=torch.Generator().manual_seed(group))
+    t = packing.pack_weight(w, group, asym, torch.float16)
+    assert set(t) == ({"qweight", "scales", "zeros"} if asym else {"qweight", "scales"})
+    back = dequantize(t["qweight"], t["scales"], t.get("zeros"), 48, 256, group)
+    err = ((back - w.double()).norm() / w.norm()).item()
+    assert err < (0.12 if asym else 0.14)
+    # a weight that is exactly representable comes back exactly
+    exact = back.float()
+    t2 = packing.pack_weight(exact, group, asym, torch.float16)
+    again = dequantize(t2["qweight"], t2["scales"], t2.get("zeros"), 48, 256, group)
+    assert ((again - back).norm() / back.norm()).item() < 2e-3
+
+
+@pytest.mark.parametrize("impl", ["triton", "triton_splitk"])
+def test_public_function_in_the_interpreter(impl):
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(40, 96, generator=g)
+    x = torch.randn(2, 3, 96, generator=g).half()
+    b = torch.randn(40, generator=g).half()
+    wq = prepare(w, group=32)
+    y = int4_linear(x, wq, bias=b, impl=impl)
+    assert y.shape == (2, 3, 40) and y.dtype == torch.float16
+    dense = dequantize(wq.tensors["qweight"], wq.tensors["scales"], wq.tensors["zeros"], 40, 96, 32)
+    ref = x.double() @ dense.t() + b.double()
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: prepare(torch.randn(8, 100), group=32), ValueError, "multiple of the group size 32"),
+    (lambda: prepare(torch.randn(8, 96), group=48), ValueError, "group must be one of"),
+    (lambda: prepare(torch.randn(8, 96).int(), group=32), TypeError, "floating-point"),
+    (lambda: prepare(torch.randn(8, 96), group=32, dtype=torch.float32), TypeError, "fp16 or bf16"),
+])
+def test_bad_weights_are_refused(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def _packed(n=40, k=96, group=32):
+    return prepare(torch.randn(n, k, generator=torch.Generator().manual_seed(0)), group=group)
+
+
+def _broken(field, value):
+    w = _packed()
+    return type(w)({**w.tensors, field: value}, w.n, w.k, w.group)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (lambda w: (torch.randn(4, 95).half(), w), ValueError, r"\[\.\.\., K=96\]"),
+    (lambda w: (torch.randn(4, 96).half(), w.tensors), TypeError, "Int4Weight"),
+    (lambda w: ("x", w), TypeError, "torch.Tensor"),
+    (lambda w: (torch.randn(96, 4).half().t(), w), ValueError, "K=96|contiguous"),
+    (lambda w: (torch.randn(4, 96).half(), _broken("qweight", w.tensors["qweight"][:, :-1].clone())),
+     ValueError, "qweight has shape"),
+    (lambda w: (torch.randn(4, 96).half(), _broken("qweight", w.tensors["qweight"].to(torch.int64))),
+     TypeError, "qweight has dtype"),
+    (lambda w: (torch.randn(4, 96).half(), _broken("zeros", w.tensors["zeros"].float())),
+     TypeError, "zeros has dtype"),
+    (lambda w: (torch.randn(4, 96).bfloat16(), w), TypeError, "scales has dtype"),
+])
+def test_bad_calls_are_refused_before_launch(args, error, match):
+    with pytest.raises(error, match=match):
+        int4_linear(*args(_packed()), impl="triton")
+
+
+def test_shape_rules_hold_for_the_contract_too():
+    bad = {"M": 4, "N": 40, "K": 100, "group": 32, "asym": 1, "with_bias": 0}
+    for impl in KERNEL.impls:
+        config = impl.heuristic({**bad, "K": 96}, "float16", None)
+        assert "multiple of the group" in impl.valid(config, bad, "float16", None)
+        with pytest.raises(ValueError, match="multiple of the group"):
+            impl.constants(config, bad, "float16")

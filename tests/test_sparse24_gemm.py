@@ -1,0 +1,98 @@
+"""2:4 sparse GEMM without a GPU: pruning, the compressed format (values and the metadata words
+a lane hands mma.sp), and bad input refused before launch."""
+import pytest
+import torch
+
+from kernels import launch
+from kernels.sparse24_gemm import (KERNEL, compress, decompress, is_24, prepare, prune_24,
+                                   sparse24_linear)
+
+
+def test_pruning_keeps_the_two_largest_of_every_four():
+    w = torch.tensor([[1.0, -4.0, 3.0, 2.0, 0.0, 0.0, 5.0, -0.5]])
+    assert torch.equal(prune_24(w), torch.tensor([[0.0, -4.0, 3.0, 0.0, 0.0, 0.0, 5.0, -0.5]]))
+    w = torch.randn(33, 68, generator=torch.Generator().manual_seed(1))
+    p = prune_24(w)
+    assert is_24(p) and not is_24(w)
+    kept = p.reshape(33, 17, 4).abs().sum(-1)
+    best2 = w.reshape(33, 17, 4).abs().topk(2, dim=-1).values.sum(-1)
+    assert torch.allclose(kept, best2)
+
+
+@pytest.mark.parametrize("n, k", [(1, 4), (33, 36), (64, 200), (48, 64)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compress_round_trip(n, k, dtype):
+    w = prune_24(torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)))
+    c = compress(w, dtype)
+    assert c["values"].shape == (-(-n // 16) * 16, -(-k // 64) * 32) and c["values"].dtype == dtype
+    assert c["meta"].shape == (-(-n // 16) * 8, -(-k // 64) * 4) and c["meta"].dtype == torch.int32
+    assert torch.equal(decompress(c["values"], c["meta"], n, k), w.to(dtype))
+    nibbles = torch.stack([c["meta"].view(torch.uint8) & 15, c["meta"].view(torch.uint8) >> 4], -1)
+    assert ((nibbles & 3) < (nibbles >> 2)).all()      # two distinct positions, ascending
+
+
+def test_metadata_word_layout():
+    """Row pair (n, n + 8), k16 block: bits 0..15 row n, 16..31 row n + 8, group 0 lowest,
+    first kept position in the low 2 bits; empty groups keep positions 0 and 1."""
+    w = torch.zeros(16, 64)
+    w[0, 1], w[0, 3] = 1, 2          # row 0, group 0: positions 1, 3 -> 0b1101
+    w[8, 0], w[8, 2] = 3, 4          # row 8, group 0: positions 0, 2 -> 0b1000
+    w[3, 21] = 5                     # row 3, k16 block 1, group 1: positions 1 (and 0)
+    c = compress(w)
+    assert c["meta"][0, 0].item() & 0xFFFFFFFF == 0x4448444D
+    assert c["meta"][3, 1].item() & 0xFFFFFFFF == 0x44444444
+    assert c["values"][0, :2].tolist() == [1, 2] and c["values"][8, :2].tolist() == [3, 4]
+    assert c["values"][3, 10:12].tolist() == [0, 5]
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: compress(torch.randn(8, 16)), ValueError, "not 2:4 sparse"),
+    (lambda: prepare(torch.randn(8, 16)), ValueError, "prune it with prune_24"),
+    (lambda: prune_24(torch.randn(8, 18)), ValueError, "multiple of 4"),
+    (lambda: compress(torch.zeros(8, 18)), ValueError, "multiple of 4"),
+    (lambda: compress(torch.zeros(8, 16), torch.float32), TypeError, "fp16 or bf16"),
+    (lambda: prune_24(torch.zeros(8, 16, dtype=torch.int32)), TypeError, "floating-point"),
+])
+def test_bad_weights_are_refused(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def _weight(n=40, k=64):
+    return prepare(torch.randn(n, k, generator=torch.Generator().manual_seed(0)), prune=True)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (lambda w: (torch.randn(4, 60).half(), w), ValueError, r"\[\.\.\., K=64\]"),
+    (lambda w: (torch.randn(4, 64).half(), w.tensors), TypeError, "Sparse24Weight"),
+    (lambda w: (torch.randn(4, 64).half(), w), ValueError, "CUDA tensor is needed"),
+])
+def test_bad_calls_are_refused_before_launch(args, error, match):
+    with pytest.raises(error, match=match):
+        sparse24_linear(*args(_weight()))
+
+
+@pytest.mark.parametrize("field, change, error, match", [
+    ("meta", lambda t: t[:-1].clone(), ValueError, "meta has shape"),
+    ("meta", lambda t: t.view(torch.float32), TypeError, "meta has dtype"),
+    ("values", lambda t: t[:, :-8].clone(), ValueError, "values has shape"),
+    ("values", lambda t: t.bfloat16(), TypeError, "values has dtype"),
+    ("x", lambda t: t.t().contiguous().t(), ValueError, "x must be contiguous"),
+])
+def test_wrong_packing_is_refused_by_the_contract(field, change, error, match):
+    """What the launcher checks for every implementation before a launch (here through the CPU
+    path the interpreter allows, since a CUDA launch needs a GPU)."""
+    w = _weight()
+    tensors = {"x": torch.randn(4, 64).half(), **w.tensors}
+    tensors[field] = change(tensors[field])
+    with pytest.raises(error, match=match):
+        launch.bind(KERNEL, tensors, {"M": 4, "N": 40, "K": 64, "with_bias": 0}, "float16", "triton")
+
+
+def test_k_not_a_multiple_of_4_is_refused_by_the_contract():
+    impl = KERNEL.impl("cuda")
+    shape = {"M": 4, "N": 40, "K": 66, "with_bias": 0}
+    config = impl.heuristic({**shape, "K": 64}, "float16", None)
+    assert "multiple of 4" in impl.valid(config, shape, "float16", None)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        impl.constants(config, shape, "float16")
