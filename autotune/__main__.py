@@ -1,0 +1,4 @@
+"""``python -m autotune`` is ``autotune``."""
+from .cli import main
+
+raise SystemExit(main())

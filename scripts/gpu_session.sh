@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Everything the GPU machine is needed for, in one command, by phase:
+#
+#   bash scripts/gpu_session.sh tests          # GPU correctness tests (pytest -m gpu)
+#   bash scripts/gpu_session.sh tune bench     # tune LayerNorm (issue 3's figures), then benchmark
+#   bash scripts/gpu_session.sh quality        # TPE vs exhaustive grid (scripts/tuner_quality.py)
+#
+# Run from the repository root on a machine without optuna/SQLAlchemy after
+# `bash ../shared/device/wheels.sh` (carry .whl) and, for the TensorRT-layer tests, with
+# TensorRT's headers in third_party/tensorrt*/include (carry third_party). Logs, JSON and the
+# tuned database go to $OUT (default ./out); a short table is printed last.
+set -uo pipefail
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 CONFORMER_TRT_DB="sqlite:///$OUT/conformer_trt.db"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+summary=()
+
+phase_tests() {
+  local t0=$SECONDS
+  timeout 540 python3 -m pytest -q -p no:cacheprovider -m "not bench" tests -n 8 --dist loadfile \
+      --junitxml="$OUT/gpu.xml" -rfEs 2>&1 | tee "$OUT/gpu.log" | tail -40
+  summary+=("tests: $(tail -1 "$OUT/gpu.log") ($((SECONDS - t0)) s)")
+}
+
+phase_tune() {
+  local t0=$SECONDS
+  python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
+      --no-progress 2>&1 | tee "$OUT/tune.log" | tail -20
+  local cold=$((SECONDS - t0))
+  local t1; t1=$(date +%s.%N)
+  python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
+      --no-progress > "$OUT/tune_warm.log" 2>&1
+  local warm; warm=$(python3 -c "import time; print(f'{time.time() - $t1:.2f}')")
+  tail -1 "$OUT/tune_warm.log"
+  summary+=("tune layernorm 6 buckets x 2 impls: cold ${cold} s; warm re-run ${warm} s: $(tail -1 "$OUT/tune_warm.log")")
+}
+
+phase_bench() {
+  local t0=$SECONDS
+  timeout 560 python3 -m pytest -q -p no:cacheprovider -m bench tests/bench \
+      --benchmark-json="$OUT/bench.json" --benchmark-columns=median,iqr,rounds 2>&1 \
+      | tee "$OUT/bench.log" | tail -5
+  python3 scripts/bench_report.py "$OUT/bench.json" --out "$OUT/bench.md"
+  summary+=("bench: $(tail -1 "$OUT/bench.log") ($((SECONDS - t0)) s)")
+}
+
+phase_quality() {
+  timeout 400 python3 scripts/tuner_quality.py --kernel layernorm --max-shapes 2 --seeds 3 \
+      --out "$OUT/tuner_quality.json" 2>&1 | tee "$OUT/quality.log" | tail -20
+}
+
+for phase in "$@"; do "phase_$phase"; done
+echo "==== summary"
+printf '%s\n' "${summary[@]}"
