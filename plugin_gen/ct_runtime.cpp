@@ -343,7 +343,7 @@ int32_t launch(const KernelDesc& k, int32_t dtype, const void* const* tensors, c
   int64_t offsets[kMaxTensors];
   const int64_t needed = workspace_layout(var, dims, offsets);
   if (needed > 0) {
-    if (!workspace || static_cast<int64_t>(workspace_bytes) < needed)
+    if (!workspace || workspace_bytes < static_cast<size_t>(needed))  // SIZE_MAX: "enough"
       return fail(WORKSPACE_TOO_SMALL, std::string(k.name) + ": the call needs a workspace of " +
                                            std::to_string(needed) + " bytes, got " +
                                            std::to_string(workspace ? workspace_bytes : 0));

@@ -6,6 +6,10 @@ import torch
 
 from kernels.int4_gemm import KERNEL, dequantize, int4_linear, packing, prepare
 
+# The launcher's checks and the public function run on the GPU where there is one, else through
+# Triton's interpreter on the CPU.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def _nibble(qweight, n, k):
     """The nibble of w[n, k] read the way a lane of the CUDA kernel reads it: row pair, word of
@@ -46,11 +50,11 @@ def test_quantisation_error_is_that_of_4_bits(asym, group):
 
 
 @pytest.mark.parametrize("impl", ["triton", "triton_splitk"])
-def test_public_function_in_the_interpreter(impl):
+def test_public_function_triton(impl):
     g = torch.Generator().manual_seed(4)
-    w = torch.randn(40, 96, generator=g)
-    x = torch.randn(2, 3, 96, generator=g).half()
-    b = torch.randn(40, generator=g).half()
+    w = torch.randn(40, 96, generator=g).to(DEV)
+    x = torch.randn(2, 3, 96, generator=g).half().to(DEV)
+    b = torch.randn(40, generator=g).half().to(DEV)
     wq = prepare(w, group=32)
     y = int4_linear(x, wq, bias=b, impl=impl)
     assert y.shape == (2, 3, 40) and y.dtype == torch.float16
@@ -71,7 +75,7 @@ def test_bad_weights_are_refused(make, error, match):
 
 
 def _packed(n=40, k=96, group=32):
-    return prepare(torch.randn(n, k, generator=torch.Generator().manual_seed(0)), group=group)
+    return prepare(torch.randn(n, k, generator=torch.Generator().manual_seed(0)).to(DEV), group=group)
 
 
 def _broken(field, value):
@@ -80,17 +84,17 @@ def _broken(field, value):
 
 
 @pytest.mark.parametrize("args, error, match", [
-    (lambda w: (torch.randn(4, 95).half(), w), ValueError, r"\[\.\.\., K=96\]"),
-    (lambda w: (torch.randn(4, 96).half(), w.tensors), TypeError, "Int4Weight"),
+    (lambda w: (torch.randn(4, 95, device=DEV).half(), w), ValueError, r"\[\.\.\., K=96\]"),
+    (lambda w: (torch.randn(4, 96, device=DEV).half(), w.tensors), TypeError, "Int4Weight"),
     (lambda w: ("x", w), TypeError, "torch.Tensor"),
-    (lambda w: (torch.randn(96, 4).half().t(), w), ValueError, "K=96|contiguous"),
-    (lambda w: (torch.randn(4, 96).half(), _broken("qweight", w.tensors["qweight"][:, :-1].clone())),
+    (lambda w: (torch.randn(96, 4, device=DEV).half().t(), w), ValueError, "K=96|contiguous"),
+    (lambda w: (torch.randn(4, 96, device=DEV).half(), _broken("qweight", w.tensors["qweight"][:, :-1].clone())),
      ValueError, "qweight has shape"),
-    (lambda w: (torch.randn(4, 96).half(), _broken("qweight", w.tensors["qweight"].to(torch.int64))),
+    (lambda w: (torch.randn(4, 96, device=DEV).half(), _broken("qweight", w.tensors["qweight"].to(torch.int64))),
      TypeError, "qweight has dtype"),
-    (lambda w: (torch.randn(4, 96).half(), _broken("zeros", w.tensors["zeros"].float())),
+    (lambda w: (torch.randn(4, 96, device=DEV).half(), _broken("zeros", w.tensors["zeros"].float())),
      TypeError, "zeros has dtype"),
-    (lambda w: (torch.randn(4, 96).bfloat16(), w), TypeError, "scales has dtype"),
+    (lambda w: (torch.randn(4, 96, device=DEV).bfloat16(), w), TypeError, "scales has dtype"),
 ])
 def test_bad_calls_are_refused_before_launch(args, error, match):
     with pytest.raises(error, match=match):

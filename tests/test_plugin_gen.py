@@ -590,6 +590,14 @@ def test_plugin_layer_compiles_against_tensorrt_10_and_11(libs, tmp_path):
             assert done.returncode == 0, f"{inc}: {done.stderr[-3000:]}"
 
 
+def _has_driver() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 @needs_trt
 def test_plugins_through_their_tensorrt_interfaces(libs, stub, tmp_path_factory, tmp_path):
     """The harness drives each plugin as TensorRT would: without a driver, creation fails clearly;
@@ -604,10 +612,11 @@ def test_plugins_through_their_tensorrt_interfaces(libs, stub, tmp_path_factory,
         ("bfloat16", {"rows": 5000, "hidden": 32, "with_residual": 0}, None),
         ("float16", {"rows": 8, "hidden": 300, "with_residual": 1}, "no tuned winner for float16 hidden=300")])
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    done = subprocess.run([str(exe), str(lib_path), str(cases), "--no-gpu"], capture_output=True,
-                          text=True, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "createPlugin without a GPU fails clearly: the CUDA driver (libcuda.so.1)" in done.stdout
+    if not _has_driver():   # where a real driver is installed, creation cannot lack one
+        done = subprocess.run([str(exe), str(lib_path), str(cases), "--no-gpu"],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "createPlugin without a GPU fails clearly: the CUDA driver (libcuda.so.1)" in done.stdout
     log = tmp_path / "launches.log"
     done = subprocess.run([str(exe), str(lib_path), str(cases)], capture_output=True, text=True,
                           env={**env, "LD_LIBRARY_PATH": str(stub), "CT_STUB_CC": "8.6",

@@ -80,10 +80,11 @@ def test_bad_calls_are_refused_before_launch(args, error, match):
     ("x", lambda t: t.t().contiguous().t(), ValueError, "x must be contiguous"),
 ])
 def test_wrong_packing_is_refused_by_the_contract(field, change, error, match):
-    """What the launcher checks for every implementation before a launch (here through the CPU
-    path the interpreter allows, since a CUDA launch needs a GPU)."""
+    """What the launcher checks for every implementation before a launch (on the GPU where there
+    is one, else through the CPU path the interpreter allows)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     w = _weight()
-    tensors = {"x": torch.randn(4, 64).half(), **w.tensors}
+    tensors = {k: t.to(dev) for k, t in {"x": torch.randn(4, 64).half(), **w.tensors}.items()}
     tensors[field] = change(tensors[field])
     with pytest.raises(error, match=match):
         launch.bind(KERNEL, tensors, {"M": 4, "N": 40, "K": 64, "with_bias": 0}, "float16", "triton")
