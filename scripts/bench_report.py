@@ -1,6 +1,6 @@
 """Markdown tables from a pytest-benchmark JSON written by ``pytest -m bench --benchmark-json``.
 
-    python scripts/bench_report.py bench.json [--out bench.md]
+    python scripts/bench_report.py bench.json [more.json ...] [--out bench.md]
 
 One table per benchmark group (a kernel and shape): every implementation's median µs per call
 (recorded by tests/bench/conftest.py's ``measure``), the ratio to the fastest baseline in the
@@ -66,14 +66,17 @@ def report(doc: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("json", type=Path)
+    p.add_argument("json", type=Path, nargs="+")
     p.add_argument("--out", type=Path, help="write here instead of standard output")
     args = p.parse_args(argv)
-    try:
-        text = report(json.loads(args.json.read_text()))
-    except (OSError, ValueError, KeyError) as e:
-        print(f"bench_report: {args.json}: {e}", file=sys.stderr)
-        return 2
+    texts = []
+    for path in args.json:
+        try:
+            texts.append(report(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"bench_report: {path}: {e}", file=sys.stderr)
+            return 2
+    text = "\n".join(texts)
     if args.out:
         args.out.write_text(text + "\n")
     else:

@@ -3,6 +3,7 @@
 #
 #   bash scripts/gpu_session.sh tests          # GPU correctness tests (pytest -m gpu)
 #   bash scripts/gpu_session.sh tune bench     # tune LayerNorm (issue 3's figures), then benchmark
+#       (BENCH_FILES="layernorm conv_module" picks files; DEADLINE=S stops starting them after S s)
 #   bash scripts/gpu_session.sh quality        # TPE vs exhaustive grid (scripts/tuner_quality.py)
 #
 # Run from the repository root on a machine without optuna/SQLAlchemy after
@@ -24,16 +25,16 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 summary=()
 
-phase_tests() {
+phase_tests() {   # TESTS: which tests (default all but the benchmarks)
   local t0=$SECONDS
-  timeout 540 python3 -m pytest -q -p no:cacheprovider -m "not bench" tests -n 8 --dist loadfile \
+  timeout 540 python3 -m pytest -q -p no:cacheprovider -m "not bench" ${TESTS:-tests} -n 8 --dist loadfile \
       --junitxml="$OUT/gpu.xml" -rfEs 2>&1 | tee "$OUT/gpu.log" | tail -40
   summary+=("tests: $(tail -1 "$OUT/gpu.log") ($((SECONDS - t0)) s)")
 }
 
 phase_tune() {
   local t0=$SECONDS
-  python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
+  timeout 300 python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
       --no-progress 2>&1 | tee "$OUT/tune.log" | tail -20
   local cold=$((SECONDS - t0))
   local t1; t1=$(date +%s.%N)
@@ -44,13 +45,20 @@ phase_tune() {
   summary+=("tune layernorm 6 buckets x 2 impls: cold ${cold} s; warm re-run ${warm} s: $(tail -1 "$OUT/tune_warm.log")")
 }
 
-phase_bench() {
-  local t0=$SECONDS
-  timeout 560 python3 -m pytest -q -p no:cacheprovider -m bench tests/bench \
-      --benchmark-json="$OUT/bench.json" --benchmark-columns=median,iqr,rounds 2>&1 \
-      | tee "$OUT/bench.log" | tail -5
-  python3 scripts/bench_report.py "$OUT/bench.json" --out "$OUT/bench.md"
-  summary+=("bench: $(tail -1 "$OUT/bench.log") ($((SECONDS - t0)) s)")
+phase_bench() {   # one JSON per file, so a file cut off by the deadline loses only itself
+  local t0=$SECONDS files=(${BENCH_FILES:-layernorm plugin_dispatch conv_module relpos_attention int4_gemm sparse24_gemm})
+  local done=()
+  for f in "${files[@]}"; do
+    local left=$(( ${DEADLINE:-560} - SECONDS ))
+    if [ "$left" -lt 60 ]; then summary+=("bench $f: skipped, ${left} s left"); continue; fi
+    timeout "$left" python3 -m pytest -q -p no:cacheprovider -m bench "tests/bench/test_bench_$f.py" \
+        --benchmark-json="$OUT/bench_$f.json" --benchmark-columns=median,iqr,rounds 2>&1 \
+        | tee "$OUT/bench_$f.log" | tail -3
+    [ -s "$OUT/bench_$f.json" ] && done+=("$OUT/bench_$f.json")
+    summary+=("bench $f: $(tail -1 "$OUT/bench_$f.log")")
+  done
+  [ ${#done[@]} -gt 0 ] && python3 scripts/bench_report.py "${done[@]}" --out "$OUT/bench.md"
+  summary+=("bench total $((SECONDS - t0)) s")
 }
 
 phase_quality() {
@@ -59,5 +67,8 @@ phase_quality() {
 }
 
 for phase in "$@"; do "phase_$phase"; done
+# the device tool returns at most 8 files: everything but the report goes into one archive
+(cd "$OUT" && find . -maxdepth 1 -type f ! -name bench.md ! -name results.tgz -printf '%P\n' \
+    | tar czf results.tgz -T - --remove-files)
 echo "==== summary"
 printf '%s\n' "${summary[@]}"
