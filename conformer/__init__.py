@@ -22,6 +22,7 @@ from .masks import attention_mask, chunk_attention_mask, make_pad_mask
 from .positional import abs_pos_table, rel_pos_table
 from .reference import ConformerEncoder, ConformerEncoderLayer, PositionwiseFeedForward
 from .subsampling import Conv2dSubsampling
+from . import recipe
 from .weights import (CheckpointMismatchError, fold_batchnorm, from_espnet, from_torchaudio,
                       from_wenet, infer_config_from_state_dict)
 
@@ -31,5 +32,5 @@ __all__ = [
     "RelPositionMultiHeadedAttention", "abs_pos_table", "attention_mask", "chunk_attention_mask",
     "conv_module_reference", "fold_batchnorm", "from_espnet", "from_torchaudio", "from_wenet",
     "infer_config_from_state_dict", "make_pad_mask", "rel_pos_attention_reference",
-    "rel_pos_table", "rel_shift",
+    "recipe", "rel_pos_table", "rel_shift",
 ]
