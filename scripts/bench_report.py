@@ -56,7 +56,8 @@ def report(doc: dict) -> str:
                 else (config or "")
             if r.get("config_source"):
                 config = f"{config} ({r['config_source']})"
-            out.append(f"| {r.get('impl', r['name'])} | {r.get('role', '')} "
+            role = r.get("role", "") + (" (no graph)" if r.get("timing", "").startswith("host") else "")
+            out.append(f"| {r.get('impl', r['name'])} | {role} "
                        f"| {r['per_call_us']:.2f} | {_fmt(ratio, '.2f')}x "
                        f"| {r['gbps']:.0f} | {r['frac_copy_bw']:.2f} | {r['tflops']:.1f} "
                        f"| {r['frac_fp16_peak']:.2f} | {config} |")

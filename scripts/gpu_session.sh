@@ -46,7 +46,7 @@ phase_tune() {
 }
 
 phase_bench() {   # one JSON per file, so a file cut off by the deadline loses only itself
-  local t0=$SECONDS files=(${BENCH_FILES:-layernorm plugin_dispatch conv_module relpos_attention int4_gemm sparse24_gemm})
+  local t0=$SECONDS files=(${BENCH_FILES:-layernorm plugin_dispatch encoder conv_module relpos_attention int4_gemm sparse24_gemm})
   local done=()
   for f in "${files[@]}"; do
     local left=$(( ${DEADLINE:-560} - SECONDS ))

@@ -29,21 +29,42 @@ def ceilings() -> dict[str, float]:
             "fp16_tflops": 2 * 8192**3 / (t.median_us * 1e-6) / 1e12}
 
 
+def _record(benchmark, us: float, cost, **info) -> float:
+    ceil = ceilings()
+    gbps = cost.bytes / (us * 1e-6) / 1e9
+    tflops = cost.flops / (us * 1e-6) / 1e12
+    benchmark.extra_info.update(
+        per_call_us=us, bytes=cost.bytes, flops=cost.flops, gbps=gbps, tflops=tflops,
+        frac_copy_bw=gbps / ceil["copy_gbps"], frac_fp16_peak=tflops / ceil["fp16_tflops"],
+        copy_gbps=ceil["copy_gbps"], fp16_tflops=ceil["fp16_tflops"],
+        gpu=torch.cuda.get_device_name(), torch=torch.__version__, **info)
+    return us
+
+
 @pytest.fixture
 def measure(benchmark):
-    """measure(calls, cost, **info): time ``calls`` (one per rotated input set); returns µs/call."""
+    """measure(calls, cost, **info): time ``calls`` (one per rotated input set) in a CUDA graph;
+    returns µs/call."""
     def run(calls, cost, **info):
         gb = timing.GraphBench(calls)
         benchmark.pedantic(gb.replay, rounds=30, warmup_rounds=3)
         us = benchmark.stats.stats.median / gb.per_replay * 1e6
-        ceil = ceilings()
-        gbps = cost.bytes / (us * 1e-6) / 1e9
-        tflops = cost.flops / (us * 1e-6) / 1e12
-        benchmark.extra_info.update(
-            per_call_us=us, calls_per_replay=gb.per_replay, input_sets=len(calls),
-            bytes=cost.bytes, flops=cost.flops, gbps=gbps, tflops=tflops,
-            frac_copy_bw=gbps / ceil["copy_gbps"], frac_fp16_peak=tflops / ceil["fp16_tflops"],
-            copy_gbps=ceil["copy_gbps"], fp16_tflops=ceil["fp16_tflops"],
-            gpu=torch.cuda.get_device_name(), torch=torch.__version__, **info)
-        return us
+        return _record(benchmark, us, cost, calls_per_replay=gb.per_replay,
+                       input_sets=len(calls), timing="cuda graph", **info)
+    return run
+
+
+@pytest.fixture
+def measure_wall(benchmark):
+    """measure_wall(fn, cost, rounds, **info): ``fn`` launched from the host as a user would run
+    it (no graph), synchronised after each call, so launch overhead counts; returns µs/call.
+    For work that cannot be captured in a graph (host reads of device values) or whose
+    un-captured speed is the point (eager PyTorch baselines)."""
+    def run(fn, cost, rounds=20, **info):
+        def call():
+            fn()
+            torch.cuda.synchronize()
+        benchmark.pedantic(call, rounds=rounds, warmup_rounds=3)
+        return _record(benchmark, benchmark.stats.stats.median * 1e6, cost,
+                       timing="host, synchronised", **info)
     return run
