@@ -27,14 +27,14 @@ summary=()
 
 phase_tests() {   # TESTS: which tests (default all but the benchmarks)
   local t0=$SECONDS
-  timeout 540 python3 -m pytest -q -p no:cacheprovider -m "not bench" ${TESTS:-tests} -n 8 --dist loadfile \
+  timeout ${TESTS_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider -m "not bench" ${TESTS:-tests} -n 8 --dist loadfile \
       --junitxml="$OUT/gpu.xml" -rfEs 2>&1 | tee "$OUT/gpu.log" | tail -40
   summary+=("tests: $(tail -1 "$OUT/gpu.log") ($((SECONDS - t0)) s)")
 }
 
 phase_tune() {
   local t0=$SECONDS
-  timeout 300 python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
+  timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
       --no-progress 2>&1 | tee "$OUT/tune.log" | tail -20
   local cold=$((SECONDS - t0))
   local t1; t1=$(date +%s.%N)

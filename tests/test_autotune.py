@@ -163,7 +163,11 @@ def _tune(url, log, start=None):
 
 
 def test_two_processes_share_the_studies_without_measuring_a_config_twice(tmp_path):
-    url, log = f"sqlite:///{tmp_path / 'shared.db'}", str(tmp_path / "measured.log")
+    two_processes_share(f"sqlite:///{tmp_path / 'shared.db'}", str(tmp_path / "measured.log"))
+
+
+def two_processes_share(url: str, log: str) -> None:
+    """Two forked tuners on one database: every study's budget is met, no config twice."""
     ctx = multiprocessing.get_context("fork")
     start = ctx.Event()
     procs = [ctx.Process(target=_tune, args=(url, log, start)) for _ in range(2)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cache import open_store
-from tests.test_autotune import _tune, measured_log, tasks
+from tests.test_autotune import _tune, measured_log, tasks, two_processes_share
 
 
 def _free_port() -> int:
@@ -61,22 +61,7 @@ def _fresh_db(url: str, name: str) -> str:
 
 
 def test_two_processes_share_the_studies(postgres_url, tmp_path):
-    url, log = _fresh_db(postgres_url, "shared"), str(tmp_path / "measured.log")
-    ctx = multiprocessing.get_context("fork")
-    start = ctx.Event()
-    procs = [ctx.Process(target=_tune, args=(url, log, start)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
-    lines = Path(log).read_text().splitlines()
-    configs = [line.split(" ", 1)[1] for line in lines]
-    assert len(configs) == len(set(configs))                 # never twice
-    assert len({line.split()[0] for line in lines}) == 2     # both processes measured
-    assert 4 * 4 <= len(configs) <= 4 * 5
-    assert len(open_store(url).winners("h100")) == 4
+    two_processes_share(_fresh_db(postgres_url, "shared"), str(tmp_path / "measured.log"))
 
 
 def test_one_process_killed_mid_trial_the_other_finishes(postgres_url, tmp_path):

@@ -14,7 +14,7 @@ and output activations, so "of copy BW" is not meaningful here.
 import pytest
 import torch
 
-from conformer import ConformerConfig, ConformerEncoder, from_torchaudio
+from conformer import ConformerConfig, ConformerEncoder
 from conformer.eager import EagerEncoder
 from kernels.contract import Cost
 from tests.test_conformer_reference import _randomize
