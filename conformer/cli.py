@@ -5,6 +5,8 @@
         [--dtype float16|bfloat16] [--chunk-size N --num-left-chunks L]
         [--min-batch 1 --opt-batch 16 --max-batch 32 --min-frames 16 --opt-frames 1000 --max-frames 2000]
 
+    conformer-trt onnx-rewrite model.onnx --plugins out/ --out model.plugins.onnx [--report FILE]
+
 The checkpoint is a state_dict (or a dict holding one under "state_dict" or "model") saved with
 torch.save; its keys and shapes are checked against the config read from it before anything
 else, and every missing, unexpected or mis-shaped key is reported. ``--plugins`` is the folder
@@ -43,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, default in (("min-batch", 1), ("opt-batch", 16), ("max-batch", 32),
                           ("min-frames", 16), ("opt-frames", 1000), ("max-frames", 2000)):
         b.add_argument(f"--{name}", type=int, default=default)
+    sub.add_parser("onnx-rewrite", add_help=False,
+                   help="rewrite an exported ONNX Conformer to run the ct_* plugins")
     return p
 
 
@@ -85,6 +89,11 @@ def _build_engine(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["onnx-rewrite"]:
+        from onnx_rewrite.cli import main as onnx_rewrite
+
+        return onnx_rewrite(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return _build_engine(args)
