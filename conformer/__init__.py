@@ -8,12 +8,14 @@ reference for conformer-trt's fused kernels and TensorRT back end.
 Modules: ``config`` (ConformerConfig), ``reference`` (encoder, layer, FFN), ``attention``
 (rel_shift, attention modules and ``rel_pos_attention_reference``), ``convolution`` (conv
 module and ``conv_module_reference``), ``subsampling``, ``positional`` (sinusoid tables),
-``masks``, ``weights`` (checkpoint loading, ``fold_batchnorm``).
+``masks``, ``weights`` (checkpoint loading); ``fold_batchnorm`` is the conv kernel's.
 
 Source files are cited as WeNet wenet/transformer/*.py (moved to wenet/models/transformer/ in
 wenet-e2e/wenet#2779), ESPnet espnet/nets/pytorch_backend/{transformer,conformer}/*.py and
 espnet2/asr/encoder/conformer_encoder.py, torchaudio torchaudio/models/conformer.py.
 """
+from kernels.conv_module import fold_batchnorm
+
 from .attention import (MultiHeadedAttention, RelPositionMultiHeadedAttention, rel_shift,
                         rel_pos_attention_reference)
 from .config import ConformerConfig
@@ -21,9 +23,9 @@ from .convolution import ConvolutionModule, conv_module_reference
 from .masks import attention_mask, chunk_attention_mask, make_pad_mask
 from .positional import abs_pos_table, rel_pos_table
 from .reference import ConformerEncoder, ConformerEncoderLayer, PositionwiseFeedForward
-from .subsampling import Conv2dSubsampling
 from . import recipe
-from .weights import (CheckpointMismatchError, fold_batchnorm, from_espnet, from_torchaudio,
+from .subsampling import Conv2dSubsampling
+from .weights import (CheckpointMismatchError, from_espnet, from_torchaudio,
                       from_wenet, infer_config_from_state_dict)
 
 __all__ = [

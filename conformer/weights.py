@@ -1,5 +1,4 @@
-"""Loading WeNet, ESPnet and torchaudio encoder weights into ``ConformerEncoder``, strictly,
-and folding the conv module's BatchNorm for the fused kernel.
+"""Loading WeNet, ESPnet and torchaudio encoder weights into ``ConformerEncoder``, strictly.
 
 Every key of the source state_dict must map onto one of ours and every one of ours must be
 filled, with the right shape; otherwise ``CheckpointMismatchError`` lists all the missing,
@@ -49,34 +48,6 @@ class CheckpointMismatchError(ValueError):
 
 def _fmt(shape: tuple) -> str:
     return "[" + ", ".join("*" if n is None else str(n) for n in shape) + "]"
-
-
-def fold_batchnorm(dw_weight: torch.Tensor, dw_bias: torch.Tensor | None,
-                   running_mean: torch.Tensor, running_var: torch.Tensor, gamma: torch.Tensor,
-                   beta: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BatchNorm1d into the depthwise conv before it.
-
-    ``BN(conv(x) + b) = conv'(x) + b'`` with ``s = gamma / sqrt(var + eps)``,
-    ``w' = w * s`` per output channel and ``b' = (b - mean) * s + beta`` (``b`` = 0 when
-    ``dw_bias`` is None). ``dw_weight`` is [C, 1, k] or [C, k], the vectors [C]. Computed in
-    float64, returned in ``dw_weight``'s dtype and shape.
-    """
-    c = dw_weight.size(0)
-    for name, vec in (("running_mean", running_mean), ("running_var", running_var),
-                      ("gamma", gamma), ("beta", beta), ("dw_bias", dw_bias)):
-        if vec is not None and vec.shape != (c,):
-            raise ValueError(f"{name} must be [{c}], got {tuple(vec.shape)}")
-    if dw_weight.dim() not in (2, 3) or (dw_weight.dim() == 3 and dw_weight.size(1) != 1):
-        raise ValueError(f"dw_weight must be [C, 1, k] or [C, k], got {tuple(dw_weight.shape)}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    f64 = torch.float64
-    scale = gamma.to(f64) / torch.sqrt(running_var.to(f64) + eps)
-    bias = torch.zeros(c, dtype=f64, device=dw_weight.device) if dw_bias is None \
-        else dw_bias.to(f64)
-    weight = dw_weight.to(f64) * scale.view(c, *([1] * (dw_weight.dim() - 1)))
-    folded_bias = (bias - running_mean.to(f64)) * scale + beta.to(f64)
-    return weight.to(dw_weight.dtype), folded_bias.to(dw_weight.dtype)
 
 
 @dataclass(frozen=True)

@@ -213,11 +213,11 @@ def test_fold_batchnorm_equals_conv_then_batchnorm(with_bias):
     conv = torch.nn.Conv1d(16, 16, 7, padding=3, groups=16, bias=with_bias)
     bn = _randomize(torch.nn.BatchNorm1d(16, eps=1e-3))
     x = torch.randn(2, 16, 25)
-    w, b = fold_batchnorm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight,
-                          bn.bias, bn.eps)
-    assert w.shape == conv.weight.shape and b.shape == (16,)
+    w, b = fold_batchnorm(conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
+                          bn.running_var, bn.eps)
+    assert w.shape == (16, 7) and b.shape == (16,)
     with torch.no_grad():
-        torch.testing.assert_close(F.conv1d(x, w, b, padding=3, groups=16), bn(conv(x)),
+        torch.testing.assert_close(F.conv1d(x, w[:, None], b, padding=3, groups=16), bn(conv(x)),
                                    atol=1e-5, rtol=1e-5)
 
 
@@ -230,15 +230,15 @@ def test_conv_module_reference_equals_module(causal, bias, mask):
     x = torch.randn(3, 20, 16)
     dw = conv.depthwise_conv
     with torch.no_grad():
-        w, b = fold_batchnorm(dw.weight, dw.bias, conv.norm.running_mean, conv.norm.running_var,
-                              conv.norm.weight, conv.norm.bias, conv.norm.eps)
+        w, b = fold_batchnorm(dw.weight, dw.bias, conv.norm.weight, conv.norm.bias,
+                              conv.norm.running_mean, conv.norm.running_var, conv.norm.eps)
         ref = conv_module_reference(x, lengths, conv.pointwise_conv1.weight,
-                                    conv.pointwise_conv1.bias, w, b,
+                                    conv.pointwise_conv1.bias, w[:, None], b,
                                     conv.pointwise_conv2.weight, conv.pointwise_conv2.bias,
                                     causal, mask)
         out = conv(x, ~make_pad_mask(lengths, 20))
         ref64 = conv_module_reference(x.double(), lengths, conv.pointwise_conv1.weight[..., 0],
-                                      conv.pointwise_conv1.bias, w[:, 0], b,
+                                      conv.pointwise_conv1.bias, w, b,
                                       conv.pointwise_conv2.weight[..., 0],
                                       conv.pointwise_conv2.bias, causal, mask)
     torch.testing.assert_close(ref, out, atol=1e-5, rtol=1e-5)
