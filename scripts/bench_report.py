@@ -35,7 +35,7 @@ def report(doc: dict) -> str:
     if not groups:
         raise ValueError("no benchmark in this file recorded per_call_us (was it written by "
                          "`pytest -m bench tests/bench --benchmark-json=…`?)")
-    first = next(iter(groups.values()))[0]
+    first = next(r for rows in groups.values() for r in rows if "copy_gbps" in r)
     machine = doc.get("machine_info", {})
     out = [f"GPU {first.get('gpu', '?')}, torch {first.get('torch', '?')}, "
            f"{doc.get('datetime', '?')[:10]}, Python {machine.get('python_version', '?')}. "
@@ -57,10 +57,10 @@ def report(doc: dict) -> str:
             if r.get("config_source"):
                 config = f"{config} ({r['config_source']})"
             role = r.get("role", "") + (" (no graph)" if r.get("timing", "").startswith("host") else "")
-            out.append(f"| {r.get('impl', r['name'])} | {role} "
-                       f"| {r['per_call_us']:.2f} | {_fmt(ratio, '.2f')}x "
-                       f"| {r['gbps']:.0f} | {r['frac_copy_bw']:.2f} | {r['tflops']:.1f} "
-                       f"| {r['frac_fp16_peak']:.2f} | {config} |")
+            rates = (f"{r['gbps']:.0f} | {r['frac_copy_bw']:.2f} | {r['tflops']:.1f} "
+                     f"| {r['frac_fp16_peak']:.2f}") if "gbps" in r else "— | — | — | —"
+            out.append(f"| {r.get('impl', r.get('path', r['name']))} | {role} "
+                       f"| {r['per_call_us']:.2f} | {_fmt(ratio, '.2f')}x | {rates} | {config} |")
         out.append("")
     return "\n".join(out)
 

@@ -3,7 +3,9 @@
 #
 #   bash scripts/gpu_session.sh tests          # GPU correctness tests (pytest -m gpu)
 #   bash scripts/gpu_session.sh tune bench     # tune LayerNorm (issue 3's figures), then benchmark
-#       (BENCH_FILES="layernorm conv_module" picks files; DEADLINE=S stops starting them after S s)
+#       (BENCH_FILES="layernorm conv_module" picks files; DEADLINE=S stops starting them after S s;
+#        BENCH_K_<file>=EXPR filters one file's benchmarks; TUNE_MORE_D="512 1024" tunes more hidden
+#        sizes; DB_SEED=FILE starts from an earlier run's winners)
 #   bash scripts/gpu_session.sh quality        # TPE vs exhaustive grid (scripts/tuner_quality.py)
 #
 # Run from the repository root on a machine without optuna/SQLAlchemy after
@@ -21,6 +23,7 @@ else
   export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1 CONFORMER_TRT_DB="sqlite:///$OUT/conformer_trt.db"
+[ -n "${DB_SEED:-}" ] && cp "$DB_SEED" "$OUT/conformer_trt.db"   # winners of an earlier run
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 summary=()
@@ -36,12 +39,20 @@ phase_tune() {
   local t0=$SECONDS
   timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
       --no-progress 2>&1 | tee "$OUT/tune.log" | tail -20
+  for d in ${TUNE_MORE_D:-}; do   # more hidden sizes for the LayerNorm benchmark's shapes
+    timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --d-model "$d" \
+        --seq-lens 500 2048 --no-progress 2>&1 | tee "$OUT/tune_d$d.log" | tail -3
+  done
   local cold=$((SECONDS - t0))
   local t1; t1=$(date +%s.%N)
   python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
       --no-progress > "$OUT/tune_warm.log" 2>&1
   local warm; warm=$(python3 -c "import time; print(f'{time.time() - $t1:.2f}')")
   tail -1 "$OUT/tune_warm.log"
+  local t2; t2=$(date +%s.%N)
+  python3 -c 'import autotune.run, autotune.evaluate, cache, kernels; kernels.registry()'
+  local imports; imports=$(python3 -c "import time; print(f'{time.time() - $t2:.2f}')")
+  summary+=("python start + imports of the tuner's modules alone: ${imports} s")
   summary+=("tune layernorm 6 buckets x 2 impls: cold ${cold} s; warm re-run ${warm} s: $(tail -1 "$OUT/tune_warm.log")")
 }
 
@@ -51,7 +62,8 @@ phase_bench() {   # one JSON per file, so a file cut off by the deadline loses o
   for f in "${files[@]}"; do
     local left=$(( ${DEADLINE:-560} - SECONDS ))
     if [ "$left" -lt 60 ]; then summary+=("bench $f: skipped, ${left} s left"); continue; fi
-    timeout "$left" python3 -m pytest -q -p no:cacheprovider -m bench "tests/bench/test_bench_$f.py" \
+    local kvar="BENCH_K_$f" kfilter; kfilter=${!kvar:-}   # e.g. BENCH_K_encoder=fused
+    timeout "$left" python3 -m pytest -q -p no:cacheprovider -m bench "tests/bench/test_bench_$f.py" ${kfilter:+-k "$kfilter"} \
         --benchmark-json="$OUT/bench_$f.json" --benchmark-columns=median,iqr,rounds 2>&1 \
         | tee "$OUT/bench_$f.log" | tail -3
     [ -s "$OUT/bench_$f.json" ] && done+=("$OUT/bench_$f.json")
@@ -62,7 +74,7 @@ phase_bench() {   # one JSON per file, so a file cut off by the deadline loses o
 }
 
 phase_quality() {
-  timeout 400 python3 scripts/tuner_quality.py --kernel layernorm --max-shapes 2 --seeds 3 \
+  timeout ${QUALITY_TIMEOUT:-400} python3 scripts/tuner_quality.py --kernel layernorm --max-shapes ${QUALITY_SHAPES:-2} --seeds 3 \
       --out "$OUT/tuner_quality.json" 2>&1 | tee "$OUT/quality.log" | tail -20
 }
 
