@@ -24,7 +24,6 @@ from kernels.layernorm import layer_norm
 from kernels.relpos_attention import rel_pos_attention
 
 from . import recipe
-from .config import ConformerConfig
 from .positional import abs_pos_table, rel_pos_table
 from .reference import ConformerEncoder
 
@@ -33,9 +32,8 @@ class EagerBuilder:
     """:class:`conformer.recipe.Builder` over torch tensors; ``weights`` are on the device,
     in the activation dtype except the conv module's float32 depthwise weights."""
 
-    def __init__(self, weights: Mapping[str, torch.Tensor], config: ConformerConfig,
-                 dtype: torch.dtype):
-        self.w, self.config, self.dtype = weights, config, dtype
+    def __init__(self, weights: Mapping[str, torch.Tensor], dtype: torch.dtype):
+        self.w, self.dtype = weights, dtype
         self._pos: dict[tuple[str, int], torch.Tensor] = {}
 
     def linear(self, x, weight, bias):
@@ -109,7 +107,7 @@ class EagerEncoder:
         self.dtype, self.device = dtype, torch.device(device)
         weights = {k: v.to(self.device, torch.float32 if k.endswith((".dw_w", ".dw_b"))
                            else dtype) for k, v in recipe.prepare(encoder).items()}
-        self.builder = EagerBuilder(weights, self.config, dtype)
+        self.builder = EagerBuilder(weights, dtype)
 
     def __call__(self, feats: torch.Tensor, lengths: torch.Tensor,
                  chunk_size: int | None = None, num_left_chunks: int = -1):

@@ -44,7 +44,7 @@ def _sdpa(x, shape):
 
 def _sdpa_bias(x, shape):
     """SDPA with matrix_bd (and the key mask) materialised as a [B, H, T, T] additive mask."""
-    b, t, h, dk = shape["B"], shape["T"], shape["H"], shape["DK"]
+    t, h, dk = shape["T"], shape["H"], shape["DK"]
     q, k, v = _heads(x, shape)
     bd = reference.position_scores(q.transpose(1, 2), x["p"].view(2 * t - 1, h, dk),
                                    x["pos_bias_v"])
