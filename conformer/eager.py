@@ -5,7 +5,7 @@
     graphed = enc.graphed(batch=32, frames=2000)        # the same, captured in a CUDA graph
     out, out_lengths = graphed(feats, lengths)
 
-LayerNorm, the conv module and attention run through the kernels' Python launchers (tuned
+LayerNorm, the FFN's Linear + SiLU, the conv module and attention run through the kernels' Python launchers (tuned
 winners from the store where ``autotune run`` made them, else each kernel's heuristic);
 Linear and the front end's Conv2d are cuBLAS/cuDNN through torch. Every op runs on the current
 stream and nothing reads device values on the host, so a whole forward can be captured.
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from kernels.conv_module import WEIGHTS as CONV_WEIGHTS
 from kernels.conv_module import conv_module
 from kernels.layernorm import layer_norm
+from kernels.linear_silu import linear_silu
 from kernels.relpos_attention import rel_pos_attention
 
 from . import recipe
@@ -39,8 +40,8 @@ class EagerBuilder:
     def linear(self, x, weight, bias):
         return F.linear(x, self.w[weight], None if bias is None else self.w[bias])
 
-    def silu(self, x):
-        return F.silu(x)
+    def linear_silu(self, x, weight, bias):
+        return linear_silu(x, self.w[weight], self.w[bias])
 
     def relu(self, x):
         return F.relu(x)

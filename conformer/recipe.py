@@ -14,6 +14,7 @@ What the recipe folds and fuses, relative to the reference:
 * the macaron scale ½ goes into each FFN's second Linear, ``sqrt(d_model)`` into the front
   end's output Linear;
 * the conv module's BatchNorm goes into its depthwise conv, and the module is one fused op;
+* each FFN's first Linear and its SiLU are one op (the activation in the GEMM's epilogue);
 * attention is one fused op on q, k, v as the projections produce them; the projected position
   table ``linear_pos(pos_table(T))`` depends only on T and the weights, so back ends compute it
   once per T (eager) or once for the profile's longest T and slice it (TensorRT).
@@ -41,7 +42,8 @@ class Builder(Protocol):
     [B, T, C] unless an op says otherwise, ``lengths`` is int32 [B]."""
 
     def linear(self, x: Tensor, weight: str, bias: str | None) -> Tensor: ...
-    def silu(self, x: Tensor) -> Tensor: ...
+    def linear_silu(self, x: Tensor, weight: str, bias: str) -> Tensor:
+        """SiLU(linear(x)): the FFN's first Linear and its activation, one op."""
     def relu(self, x: Tensor) -> Tensor: ...
     def cmvn(self, x: Tensor, mean: str, istd: str) -> Tensor: ...       # (x - mean) * istd
 
@@ -146,7 +148,7 @@ def emit(b: Builder, config: ConformerConfig, feats: Tensor, lengths: Tensor,
         return b.layer_norm(x, f"{name}.weight", f"{name}.bias", eps, pending)
 
     def ffn(h, name):
-        h = b.silu(b.linear(h, f"{name}.w1.weight", f"{name}.w1.bias"))
+        h = b.linear_silu(h, f"{name}.w1.weight", f"{name}.w1.bias")
         return b.linear(h, f"{name}.w2.weight", f"{name}.w2.bias")
 
     for i in range(config.num_layers):

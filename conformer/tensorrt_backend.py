@@ -149,9 +149,11 @@ class TrtBuilder:
             return y
         return self._ew(y, self._w(bias, (1, 1, -1)), self.trt.ElementWiseOperation.SUM)
 
-    def silu(self, x):
-        s = self.net.add_activation(x, self.trt.ActivationType.SIGMOID).get_output(0)
-        return self._ew(x, s, self.trt.ElementWiseOperation.PROD)
+    def linear_silu(self, x, weight, bias):
+        """Native layers (matmul, bias, sigmoid, product), which TensorRT's builder may fuse."""
+        y = self.linear(x, weight, bias)
+        s = self.net.add_activation(y, self.trt.ActivationType.SIGMOID).get_output(0)
+        return self._ew(y, s, self.trt.ElementWiseOperation.PROD)
 
     def relu(self, x):
         return self.net.add_activation(x, self.trt.ActivationType.RELU).get_output(0)

@@ -229,13 +229,14 @@ def _impl(name, sources, stages, launches, fuse_dw, workspaces) -> Impl:
                 workspaces=tuple((w, WORKSPACE) for w in workspaces))
 
 
-TRITON = _impl("triton", (HERE / "triton_impl.py",), (PW1_STAGE, DW_STAGE, PW2_STAGE),
+TRITON_SOURCES = (HERE.parent / "triton_common.py", HERE / "triton_impl.py")
+TRITON = _impl("triton", TRITON_SOURCES, (PW1_STAGE, DW_STAGE, PW2_STAGE),
                (PW1, DW, _pw2("z")), 0, ("h", "z"))
-CUDA_DW_IMPL = _impl("cuda_dw", (HERE / "triton_impl.py", HERE.parent / "cuda_common.cuh",
+CUDA_DW_IMPL = _impl("cuda_dw", (*TRITON_SOURCES, HERE.parent / "cuda_common.cuh",
                                  HERE / "conv_dw.cu"),
                      (PW1_STAGE, CUDA_DW_STAGE, PW2_STAGE), (PW1, CUDA_DW, _pw2("z")), 0,
                      ("h", "z"))
-TRITON_FUSED = _impl("triton_fused", (HERE / "triton_impl.py",), (PW1_STAGE, FUSED_STAGE),
+TRITON_FUSED = _impl("triton_fused", TRITON_SOURCES, (PW1_STAGE, FUSED_STAGE),
                      (PW1, _pw2("h")), 1, ("h",))
 
 

@@ -21,14 +21,10 @@ Triton 3.6 in every configuration tried, so the kernels keep the plain K loop.)
 
 Workspaces arrive as byte buffers and are cast to the activation type.
 """
-import os
-
 import triton
 import triton.language as tl
 
-# Triton's interpreter multiplies bfloat16 dot operands as their uint16 storage
-# (triton-lang/triton#11584; its debugging guide: bfloat16 is unsupported, cast to float32).
-_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+from ..triton_common import dot as _dot
 
 
 @triton.jit
@@ -39,15 +35,6 @@ def _rows(LEN, pid, B, T, BM: tl.constexpr):
     exists = rows // T < B
     ln = tl.load(LEN + rows // T, mask=exists, other=0)
     return rows, exists, rows % T, tl.minimum(tl.maximum(ln, 0), T)
-
-
-@triton.jit
-def _dot(a, b, acc):
-    if a.dtype == tl.float32:   # fp32 activations get fp32 products, not TF32
-        return tl.dot(a, b, acc, input_precision="ieee")
-    if _INTERPRETED and a.dtype == tl.bfloat16:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc)
 
 
 @triton.jit

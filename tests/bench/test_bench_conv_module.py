@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kernels import launch, timing
+from tests.bench.configs import config_for
 from kernels.conv_module import KERNEL as K
 from kernels.conv_module import prepare_weights
 from kernels.conv_module.reference import WenetConvModule
@@ -42,20 +43,10 @@ def test_conv_module(measure, benchmark, impl, dims):
             measure(calls, cost, role="baseline", impl=impl)
         return
     chosen = K.impl(impl)
-    config, source = _config(chosen, shape)
+    config, source = config_for(K, chosen, shape)
     outs = [launch.empty_outputs(K, shape, "float16", "cuda") for _ in xs]
     calls = [lambda x=x, o=o: launch.run(K, chosen, config,
                                          {"x": x, "lengths": lengths, **weights, **o}, shape)
              for x, o in zip(xs, outs)]
     measure(calls, cost, role="candidate", impl=impl, config=config, config_source=source)
 
-
-def _config(impl, shape):
-    try:
-        from cache import best_config
-    except ImportError:   # no SQLAlchemy on this machine: no tuned configs either
-        best_config = None
-    found = best_config and best_config("auto", K.name, "float16", shape, impl=impl.name)
-    if found:
-        return found.config, "tuned"
-    return launch.default_config(K, impl, shape, "float16"), "heuristic"

@@ -8,6 +8,7 @@ import torch
 
 import kernels
 from kernels import launch, timing
+from tests.bench.configs import config_for
 
 K = kernels.get("layernorm")
 SHAPES = [(rows, hidden) for rows in (16000, 65536) for hidden in (144, 256, 512, 1024)]
@@ -32,17 +33,9 @@ def test_layernorm(measure, benchmark, impl, rows, hidden, residual):
         measure(calls, cost, role="baseline", impl=impl)
         return
     chosen = K.impl(impl)
-    config, source = _config(chosen, shape)
+    config, source = config_for(K, chosen, shape)
     outs = [launch.empty_outputs(K, shape, "float16", "cuda") for _ in sets]
     calls = [lambda s=s, o=o: launch.run(K, chosen, config, {**s, **o}, shape, eps)
              for s, o in zip(sets, outs)]
     measure(calls, cost, role="candidate", impl=impl, config=config, config_source=source)
 
-
-def _config(impl, shape):
-    from cache import best_config
-
-    found = best_config("auto", K.name, "float16", shape, impl=impl.name)
-    if found is not None:
-        return found.config, "tuned"
-    return launch.default_config(K, impl, shape, "float16"), "heuristic"
