@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from kernels.contract import DTYPES, ModelDims
 
 DEFAULT_SEQ_LENS = (128, 256, 512, 1024)
+# the arguments that decide what a run tunes and how (part of its key in autotune.memo)
+MEMO_ARGS = ("kernels", "seq_lens", "batch", "dtype", "trials", "time_budget", "seed",
+             "d_model", "heads", "ffn", "conv_kernel", "evaluator")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,16 +104,29 @@ def _gpu_name(name: str) -> str:
 
 
 def _run(args) -> int:
-    from cache import open_store
-
-    from . import evaluate, run, space
-
+    start = time.monotonic()
     for flag in ("batch", "jobs", "trials", "d_model", "heads", "ffn", "conv_kernel"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if any(s < 1 for s in args.seq_lens):
         raise ValueError(f"--seq-lens must be positive, got {args.seq_lens}")
+    from . import memo
+
+    dev = memo.device()
+    key = dev and memo.run_key({k: getattr(args, k) for k in MEMO_ARGS}, dev)
+    if key and args.gpu.strip().lower() in ("auto", memo.gpu_name(dev)):
+        rows = memo.lookup(args.db, key)
+        if rows is not None:
+            print(_table(rows))
+            print(f"0 configs measured, 0 winners stored, {len(rows)} cached, 0 without a "
+                  f"winner, {time.monotonic() - start:.1f} s (this run completed before, with "
+                  f"the same arguments, GPU and sources: nothing to tune)")
+            return 0
+    from cache import StoreError, open_store
+
+    from . import evaluate, run, space
+
     dims = [ModelDims(args.batch, s, args.d_model, args.heads, args.ffn, args.conv_kernel)
             for s in args.seq_lens]
     tasks = space.tasks(_kernel_names(args.kernels), args.dtype, dims)
@@ -122,6 +139,11 @@ def _run(args) -> int:
                             evaluator=args.evaluator or evaluate.DEFAULT_EVALUATOR,
                             progress=not args.no_progress)
     report = run.tune(tasks, args.gpu, open_store(args.db), settings)
+    if key and not report.failed:
+        try:
+            memo.record(args.db, key, report.gpu, report.tuned + report.cached)
+        except StoreError as e:   # the winners are stored; only the shortcut is lost
+            print(f"autotune: warning: could not remember this run: {e}", file=sys.stderr)
     print(_table(report.tuned + report.cached))
     print(f"{report.measured} configs measured, {len(report.tuned)} winners stored, "
           f"{len(report.cached)} cached, {len(report.failed)} without a winner, "

@@ -4,7 +4,9 @@
 config and what it was measured on; rows become :class:`cache.winner.Winner` only through
 ``validate``. ``ct_claims``: one row per (study, config) being or having been measured, so that
 several processes sharing a study never time the same config twice (the primary key makes the
-claim atomic in any database).
+claim atomic in any database). ``ct_runs``: one row per completed ``autotune run`` (its
+arguments, the GPU, and every kernel and tuner source, as one digest) with the winners it left,
+so the same run again can answer from the database without starting the tuner.
 """
 from __future__ import annotations
 
@@ -53,6 +55,15 @@ class ClaimRow(Base):
     claimed_at: Mapped[float] = mapped_column(Float)    # Unix time
     outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)   # None: running
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)      # time it took
+
+
+class RunRow(Base):
+    __tablename__ = "ct_runs"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)   # autotune.memo.run_key
+    gpu: Mapped[str] = mapped_column(String(128))
+    winners: Mapped[list] = mapped_column(JSON)   # [gpu, kernel, impl, dtype, bucket_key, hash]
+    created_at: Mapped[str] = mapped_column(String(64))
 
 
 def bucket_key(bucket: dict[str, int]) -> str:

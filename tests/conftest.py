@@ -15,7 +15,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
     for item in items:
-        if "gpu" in item.keywords or "bench" in item.keywords:
+        if item.get_closest_marker("gpu") or item.get_closest_marker("bench"):
             item.add_marker(skip)
 
 
