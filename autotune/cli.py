@@ -1,6 +1,6 @@
 """The ``autotune`` command: ``run``, ``show``, ``export``, ``plot``.
 
-    autotune run --gpu a10 [--kernels K ...] [--seq-lens N ...] [--batch B] [--dtype D ...]
+    autotune run --gpu a10 [--kernels K ...] [--impls I ...] [--seq-lens N ...] [--batch B] [--dtype D ...]
                  [--trials N | --time-budget S] [--db URL] [--jobs N]
                  [--d-model D --heads H --ffn F --conv-kernel K]
     autotune show [--gpu NAME] [--kernels K ...] [--db URL]
@@ -21,7 +21,7 @@ from kernels.contract import DTYPES, ModelDims
 
 DEFAULT_SEQ_LENS = (128, 256, 512, 1024)
 # the arguments that decide what a run tunes and how (part of its key in autotune.memo)
-MEMO_ARGS = ("kernels", "seq_lens", "batch", "dtype", "trials", "time_budget", "seed",
+MEMO_ARGS = ("kernels", "impls", "seq_lens", "batch", "dtype", "trials", "time_budget", "seed",
              "d_model", "heads", "ffn", "conv_kernel", "evaluator")
 
 
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="target GPU: a10, l4, a100, h100, h200 ... or auto (this machine's); "
                           "refused unless it is the GPU this machine has")
     run.add_argument("--kernels", nargs="+", help="kernels to tune (default: all)")
+    run.add_argument("--impls", nargs="+", metavar="IMPL",
+                     help="only these implementations (e.g. cuda_dw; default: all of each kernel)")
     run.add_argument("--seq-lens", nargs="+", type=int, default=list(DEFAULT_SEQ_LENS),
                      help="sequence lengths (frames after subsampling) to tune for")
     run.add_argument("--batch", type=int, default=d.batch)
@@ -130,6 +132,12 @@ def _run(args) -> int:
     dims = [ModelDims(args.batch, s, args.d_model, args.heads, args.ffn, args.conv_kernel)
             for s in args.seq_lens]
     tasks = space.tasks(_kernel_names(args.kernels), args.dtype, dims)
+    if args.impls:
+        known = {t.impl for t in tasks}
+        if set(args.impls) - known:
+            raise ValueError(f"unknown implementations {sorted(set(args.impls) - known)} of "
+                             f"the kernels asked for; they have {sorted(known)}")
+        tasks = [t for t in tasks if t.impl in args.impls]
     if not tasks:
         raise ValueError(f"no kernel supports dtype {args.dtype}")
     trials = args.trials or (None if args.time_budget else space.DEFAULT_TRIALS)

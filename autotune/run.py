@@ -20,7 +20,7 @@ from kernels import gpu as gpus
 from kernels import launch
 
 from .evaluate import DEFAULT_EVALUATOR, Candidate, load_evaluator
-from .space import GRID_MAX, NAMESPACE, Budget, Task, valid_configs
+from .space import GRID_MAX, NAMESPACE, Budget, Task, ValidSpace, valid_space
 from .worker import Pool
 
 _PENDING = object()
@@ -49,9 +49,11 @@ class Report:
     seconds: float = 0.0
 
 
-def planned_trials(n_valid: int, settings: Settings) -> int:
+def planned_trials(valid: ValidSpace, settings: Settings) -> int:
     """How many configs a study measures before it is done."""
-    if settings.sampler == "grid" or (settings.sampler == "auto" and n_valid <= GRID_MAX):
+    n_valid = valid.count
+    if settings.sampler == "grid" or (settings.sampler == "auto" and n_valid <= GRID_MAX
+                                      and valid.exact):
         return n_valid
     if settings.budget.trials is None and settings.budget.seconds is not None:
         return 1    # time-limited: any stored winner is a finished study
@@ -75,7 +77,7 @@ def tune(tasks: list[Task], gpu: str, store: Store, settings: Settings = Setting
     todo = []
     for t in tasks:
         w = stored.get((t.kernel, t.impl, t.dtype, t.bucket))
-        if w is not None and w.trials >= planned_trials(len(valid_configs(t, running.spec)),
+        if w is not None and w.trials >= planned_trials(valid_space(t, running.spec),
                                                         settings):
             report.cached.append(w)
         else:
@@ -121,7 +123,7 @@ class _Loop:
         self.baselines: dict[tuple, object] = {}      # shape key -> µs, None (failed), pending
         self.new_baselines: deque = deque()
         self.tags = 0
-        total = sum(planned_trials(len(valid_configs(t, running.spec)), settings) for t in todo)
+        total = sum(planned_trials(valid_space(t, running.spec), settings) for t in todo)
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, unit="config", disable=not settings.progress,

@@ -17,8 +17,12 @@ interface:
 * a refused proposal is redirected, so that it still leads to a new measurement: an invalid one
   to the nearest valid unclaimed config (in steps along each parameter's ordered values), a
   duplicate (TPE converging on what it has seen) to the nearest unclaimed neighbour of the best
-  config so far: a local search step around the incumbent. Parameters are categorical to TPE;
-  their order is used here.
+  config so far: a local search step around the incumbent;
+* parameters are ordinal to TPE: each is suggested as the index into its ordered values, so
+  its Parzen estimator sees that 4 warps lie between 2 and 8 (the config itself is kept in the
+  trial's user attribute "config"). Replayed over the H200 grid of the Triton LayerNorm space
+  (2 of 52 configs within 3 % of the best), 13-trial studies found one in 83 of 100 seeds with
+  ordinal parameters, 72 as categorical ones (BENCHMARKS.md).
 
 A claim whose owner process is dead (same host: its pid is gone; another host: older than
 ``stale_after``) is released and its trial told FAIL, so nothing waits for it and its config is
@@ -43,7 +47,7 @@ from cache import Store
 from cache.db import translated
 from kernels.gpu import GpuSpec
 
-from .space import GRID_MAX, NAMESPACE, Budget, Task, config_key, distance, valid_configs
+from .space import GRID_MAX, NAMESPACE, Budget, Task, config_key, distance, nearest, valid_space
 
 HOST = socket.gethostname()
 
@@ -89,12 +93,17 @@ class Search:
         self.impl = self.kernel.impl(task.impl)
         self.shape = dict(task.shape)
         self.spec = spec
-        self.valid = valid_configs(task, spec)
-        if not self.valid:
+        self.space = valid_space(task, spec)
+        self.valid = self.space.configs     # None: too many to list (only counted)
+        self.n_valid = self.space.count
+        if not self.n_valid:
             raise ValueError(f"{task.label}: no config of the space is valid on {gpu}")
+        if sampler == "grid" and self.valid is None:
+            raise ValueError(f"{task.label}: about {self.n_valid} valid configs are too many "
+                             "for a grid")
         self.mode = sampler if sampler != "auto" else (
-            "grid" if len(self.valid) <= GRID_MAX else "tpe")
-        self.trials = len(self.valid) if self.mode == "grid" else budget.trials_for(len(self.valid))
+            "grid" if self.n_valid <= GRID_MAX and self.valid is not None else "tpe")
+        self.trials = self.n_valid if self.mode == "grid" else budget.trials_for(self.n_valid)
         self.name = task.study_name(gpu, namespace)
         self.seed = (seed + zlib.crc32(self.name.encode())) % 2**31
         self.owner = owner_id()
@@ -111,7 +120,9 @@ class Search:
         if self.mode == "grid":
             how = f"grid: all {len(self.valid)} valid configs"
         else:
-            how = f"TPE (seed {self.seed}): {self.trials} of {len(self.valid)} valid configs"
+            of = (f"{self.n_valid}" if self.space.exact else
+                  f"about {self.n_valid} (estimated from a sample)")
+            how = f"TPE (seed {self.seed}): {self.trials} of {of} valid configs"
         return f"{self.task.label}: sampler {how}"
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
@@ -126,9 +137,10 @@ class Search:
             first = self.valid
         else:
             heuristic = dict(self.impl.heuristic(self.shape, self.task.dtype, self.spec))
-            first = [heuristic] if heuristic in self.valid else []
+            first = [heuristic] if self.impl.valid(heuristic, self.shape, self.task.dtype,
+                                                   self.spec) is None else []
         for config in first:
-            self.study.enqueue_trial(config, skip_if_exists=True)
+            self.study.enqueue_trial(self._encode(config), skip_if_exists=True)
 
     # ---- proposing and reporting -------------------------------------------------------------
 
@@ -138,11 +150,12 @@ class Search:
         with translated(self.store.url):
             while True:
                 claims = self._claims()
-                if self._spent(claims) or len(claims) >= len(self.valid):
+                if self._spent(claims) or len(claims) >= self.n_valid:
                     return None
                 trial = self.study.ask()
-                config = {p: trial.suggest_categorical(p, list(v))
+                config = {p: v[trial.suggest_int(p, 0, len(v) - 1)]
                           for p, v in self.impl.space.items()}
+                trial.set_user_attr("config", config)
                 key = config_key(config)
                 reason = self.impl.valid(config, self.shape, self.task.dtype, self.spec)
                 if reason is None and self.store.claim(self.name, key, trial.number, self.owner):
@@ -182,11 +195,20 @@ class Search:
 
     def _redirect(self, anchor, claimed: set[str], number: int) -> None:
         """Enqueue the unclaimed valid config nearest to ``anchor`` (ties: seeded random)."""
-        left = [c for c in self.valid if config_key(c) not in claimed]
-        if left:
-            rng = random.Random(f"{self.seed}:{number}")
-            self.study.enqueue_trial(
-                min(left, key=lambda c: (distance(self.impl, anchor, c), rng.random())))
+        rng = random.Random(f"{self.seed}:{number}")
+        if self.valid is None:    # too many to list: search outwards from the anchor
+            found = nearest(self.impl, anchor, lambda c: config_key(c) not in claimed and
+                            self.impl.valid(c, self.shape, self.task.dtype, self.spec) is None,
+                            rng)
+        else:
+            left = [c for c in self.valid if config_key(c) not in claimed]
+            found = min(left, key=lambda c: (distance(self.impl, anchor, c), rng.random()),
+                        default=None)
+        if found is not None:
+            self.study.enqueue_trial(self._encode(found))
+
+    def _encode(self, config):
+        return {p: v.index(config[p]) for p, v in self.impl.space.items()}
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -224,7 +246,7 @@ class Search:
             claims = self._claims()
         if any(c.outcome is None for c in claims):
             return False
-        return self._spent(claims) or len(claims) >= len(self.valid)
+        return self._spent(claims) or len(claims) >= self.n_valid
 
     def measured(self) -> int:
         """Configs measured so far (every outcome counts: a trial spent)."""
@@ -242,10 +264,15 @@ def outcome(trial) -> str:
         "running" if trial.state == TrialState.RUNNING else "abandoned")
 
 
+def trial_config(trial) -> dict[str, int]:
+    """The config a trial measured (its params are indices into the space's values)."""
+    return dict(trial.user_attrs["config"])
+
+
 def best_of(study: optuna.Study):
     ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
           if outcome(t) == "ok"]
     if not ok:
         return None
     t = min(ok, key=lambda t: t.value)
-    return dict(t.params), t.value, t.user_attrs["result"]["spread_us"] or 0.0
+    return trial_config(t), t.value, t.user_attrs["result"]["spread_us"] or 0.0

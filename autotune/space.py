@@ -7,9 +7,11 @@ a kernel: shapes come from each kernel's ``tune_shapes(ModelDims)``, buckets fro
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
+import random
 from dataclasses import dataclass
 
 import kernels
@@ -76,13 +78,78 @@ def tasks(kernel_names: list[str], dtypes: list[str], dims: list[ModelDims]) -> 
     return list(out.values())
 
 
-def valid_configs(task: Task, spec: GpuSpec) -> list[dict[str, int]]:
-    """Every config of the task's space that its ``valid`` rule accepts on ``spec``, in the
-    space's order."""
+ENUMERATE_MAX = 200_000   # spaces up to this size are listed in full; larger ones are sampled
+SAMPLES = 4096            # configs drawn to estimate the valid share of a larger space
+
+
+@dataclass(frozen=True)
+class ValidSpace:
+    """The valid configs of a task: listed (``configs``) where the space has at most
+    :data:`ENUMERATE_MAX` configs, else only counted, approximately, from a seeded sample (a
+    multi-stage kernel's product space, e.g. the conv module's 10^8 configs, cannot be listed)."""
+    configs: tuple[dict[str, int], ...] | None
+    count: int
+
+    @property
+    def exact(self) -> bool:
+        return self.configs is not None
+
+
+def space_size(impl: Impl) -> int:
+    return math.prod(len(v) for v in impl.space.values())
+
+
+@functools.lru_cache(maxsize=256)
+def valid_space(task: Task, spec: GpuSpec) -> ValidSpace:
     impl = kernels.get(task.kernel).impl(task.impl)
     shape = dict(task.shape)
-    configs = (dict(zip(impl.space, values)) for values in itertools.product(*impl.space.values()))
-    return [c for c in configs if impl.valid(c, shape, task.dtype, spec) is None]
+    size = space_size(impl)
+    if size <= ENUMERATE_MAX:
+        configs = (dict(zip(impl.space, values))
+                   for values in itertools.product(*impl.space.values()))
+        found = tuple(c for c in configs if impl.valid(c, shape, task.dtype, spec) is None)
+        return ValidSpace(found, len(found))
+    rng = random.Random(f"{task.label}:{spec.name}")
+    hits = sum(impl.valid({k: rng.choice(v) for k, v in impl.space.items()}, shape,
+                          task.dtype, spec) is None for _ in range(SAMPLES))
+    return ValidSpace(None, max(1, round(size * hits / SAMPLES)) if hits else 0)
+
+
+def valid_configs(task: Task, spec: GpuSpec) -> list[dict[str, int]]:
+    """Every config of the task's space that its ``valid`` rule accepts on ``spec``, in the
+    space's order (ValueError for a space too large to list)."""
+    vs = valid_space(task, spec)
+    if not vs.exact:
+        raise ValueError(f"{task.label}: the space has {space_size(kernels.get(task.kernel).impl(task.impl))} "
+                         "configs, too many to list")
+    return [dict(c) for c in vs.configs]
+
+
+def nearest(impl: Impl, anchor, accept, rng: random.Random, max_steps: int = 3):
+    """The config closest to ``anchor`` (steps along the ordered values) that ``accept`` takes,
+    ties broken by ``rng``; None when none lies within ``max_steps`` steps. Searches outwards
+    from the anchor, so it works in spaces too large to list."""
+    names = list(impl.space)
+
+    def config(index):
+        return {p: impl.space[p][i] for p, i in zip(names, index)}
+
+    frontier = {tuple(impl.space[p].index(anchor[p]) for p in names)}
+    seen = set(frontier)
+    for _ in range(max_steps + 1):
+        found = sorted(c for c in frontier if accept(config(c)))
+        if found:
+            return config(rng.choice(found))
+        ring = set()
+        for c in frontier:
+            for i, p in enumerate(names):
+                for j in (c[i] - 1, c[i] + 1):
+                    n = (*c[:i], j, *c[i + 1:])
+                    if 0 <= j < len(impl.space[p]) and n not in seen:
+                        seen.add(n)
+                        ring.add(n)
+        frontier = ring
+    return None
 
 
 def config_key(config) -> str:

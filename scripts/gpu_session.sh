@@ -5,7 +5,8 @@
 #   bash scripts/gpu_session.sh tune bench     # tune LayerNorm (issue 3's figures), then benchmark
 #       (BENCH_FILES="layernorm conv_module" picks files; DEADLINE=S stops starting them after S s;
 #        BENCH_K_<file>=EXPR filters one file's benchmarks; TUNE_MORE_D="512 1024" tunes more hidden
-#        sizes; DB_SEED=FILE starts from an earlier run's winners)
+#        sizes; DB_SEED=FILE starts from an earlier run's winners; TUNE_KERNELS="conv_module:cuda_dw
+#        linear_silu" tunes more kernels at TUNE_SEQ frames, TUNE_TRIALS configs per study)
 #   bash scripts/gpu_session.sh quality        # TPE vs exhaustive grid (scripts/tuner_quality.py)
 #
 # Run from the repository root on a machine without optuna/SQLAlchemy after
@@ -43,6 +44,12 @@ phase_tune() {
     timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --d-model "$d" \
         --seq-lens 500 2048 --no-progress 2>&1 | tee "$OUT/tune_d$d.log" | tail -3
   done
+  for spec in ${TUNE_KERNELS:-}; do   # kernel[:impl,impl], e.g. conv_module:cuda_dw linear_silu
+    local k=${spec%%:*} impls=""; [ "$spec" != "$k" ] && impls=${spec#*:}
+    timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels "$k" ${impls:+--impls ${impls//,/ }} \
+        --seq-lens ${TUNE_SEQ:-500} --trials ${TUNE_TRIALS:-40} --no-progress 2>&1 | tee "$OUT/tune_$k.log" | tail -6
+    summary+=("tune $spec: $(tail -1 "$OUT/tune_$k.log")")
+  done
   local cold=$((SECONDS - t0))
   local t1; t1=$(date +%s.%N)
   python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
@@ -74,7 +81,7 @@ phase_bench() {   # one JSON per file, so a file cut off by the deadline loses o
 }
 
 phase_quality() {
-  timeout ${QUALITY_TIMEOUT:-400} python3 scripts/tuner_quality.py --kernel layernorm --max-shapes ${QUALITY_SHAPES:-2} --seeds 3 \
+  timeout ${QUALITY_TIMEOUT:-400} python3 scripts/tuner_quality.py --kernel layernorm --max-shapes ${QUALITY_SHAPES:-2} --seeds ${QUALITY_SEEDS:-3} \
       --out "$OUT/tuner_quality.json" 2>&1 | tee "$OUT/quality.log" | tail -20
 }
 

@@ -71,7 +71,7 @@ def _studies(store, tasks, gpu_name):
     for t in tasks:
         study = optuna.load_study(study_name=t.study_name(gpu_name, "quality"),
                                   storage=store.optuna_storage())
-        out[t] = [(dict(x.params), x.value, (x.user_attrs["result"] or {}).get("spread_us"),
+        out[t] = [(search.trial_config(x), x.value, (x.user_attrs["result"] or {}).get("spread_us"),
                    search.outcome(x))
                   for x in study.get_trials(deepcopy=False)
                   if search.outcome(x) in evaluate.MEASURED]

@@ -6,6 +6,7 @@ import io
 import itertools
 import multiprocessing
 import os
+import random
 import signal
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ import optuna
 import pytest
 
 import kernels
-from autotune import run, space
+from autotune import run, search, space
 from autotune.search import outcome
 from autotune.space import Budget
 from cache import open_store
@@ -81,6 +82,31 @@ def test_a_small_space_is_measured_in_full(db, tmp_path):
     assert report.tuned[0].median_us == min(cost("triton", c) for c in valid)
 
 
+def test_a_space_too_large_to_list_is_sampled_and_searched_outwards(db):
+    dims = [ModelDims(batch=4, seq_len=100)]
+    task, = [t for t in space.tasks(["conv_module"], ["float16"], dims)
+             if t.impl == "cuda_dw" and dict(t.shape)["causal"] == 0]
+    impl = kernels.get("conv_module").impl("cuda_dw")
+    assert space.space_size(impl) > space.ENUMERATE_MAX
+    vs = space.valid_space(task, H100.spec)
+    assert not vs.exact and space.GRID_MAX < vs.count < space.space_size(impl)
+    with pytest.raises(ValueError, match="too many to list"):
+        space.valid_configs(task, H100.spec)
+    shape = dict(task.shape)
+    invalid = {**impl.heuristic(shape, "float16", H100.spec), "BM1": 256, "BN1": 256,
+               "W1": 4}                                          # pw1's accumulators spill
+    assert impl.valid(invalid, shape, "float16", H100.spec) is not None
+    near = space.nearest(impl, invalid, lambda c: impl.valid(c, shape, "float16", H100.spec)
+                         is None, random.Random(0))
+    assert near is not None and impl.valid(near, shape, "float16", H100.spec) is None
+    out = io.StringIO()
+    report = run.tune([task], "h100", db, settings("AnyKernel", budget=Budget(12)), out=out)
+    assert "(estimated from a sample) valid configs" in out.getvalue()
+    w, = report.tuned
+    assert report.measured == 12 and w.trials == 12
+    assert impl.valid(w.config, shape, "float16", H100.spec) is None
+
+
 def test_invalid_configs_are_pruned_and_never_evaluated(db, tmp_path):
     task, = tasks(("cuda",), residual=(1,))
     run.tune([task], "h100", db, settings(budget=Budget(24)))
@@ -89,9 +115,9 @@ def test_invalid_configs_are_pruned_and_never_evaluated(db, tmp_path):
     trials = study.get_trials()
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and all(outcome(t) == "invalid" for t in pruned)
-    assert all(space.config_key(t.params) not in valid for t in pruned)
+    assert all(space.config_key(search.trial_config(t)) not in valid for t in pruned)
     evaluated = [t for t in trials if outcome(t) == "ok"]
-    assert len(evaluated) == 24 and all(space.config_key(t.params) in valid for t in evaluated)
+    assert len(evaluated) == 24 and all(space.config_key(search.trial_config(t)) in valid for t in evaluated)
     assert len(measured_log(tmp_path / "measured.log")) == 24
 
 

@@ -42,6 +42,14 @@ def test_run_show_export_plot(url, tmp_path, capsys):
     assert "0 configs measured, 0 winners stored, 4 cached" in capsys.readouterr().out
 
 
+def test_impls_narrows_the_run(url, capsys):
+    argv = [*RUN, "--db", url, "--impls", "cuda", "--evaluator",
+            "tests.test_autotune_worker:Landscape"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 studies for h100" in out and "layernorm/cuda" in out and "layernorm/triton" not in out
+
+
 def test_another_gpu_is_refused(url, monkeypatch, capsys, tmp_path):
     a10 = gpu.RunningGpu("NVIDIA A10", (8, 6), 72, "570.1", "12.8", gpu.KNOWN_GPUS["a10"])
     monkeypatch.setattr(gpu, "running", lambda device=None: a10)
@@ -55,6 +63,7 @@ def test_another_gpu_is_refused(url, monkeypatch, capsys, tmp_path):
     (["--gpu", "x999"], "unknown GPU 'x999'"),
     (["--kernels", "nope"], "unknown kernel 'nope'"),
     (["--trials", "0"], "--trials must be at least 1"),
+    (["--impls", "cuda_dw"], "unknown implementations ['cuda_dw']"),
     (["--seq-lens", "0"], "--seq-lens must be positive"),
 ])
 def test_bad_arguments_are_named(url, capsys, args, message):

@@ -3,7 +3,10 @@ tensor cores, bias and SiLU in the epilogue on the fp32 accumulator, so the FFN'
 activation (rows x 4·d_model) is written once and never read back for the activation.
 
 Programs are ordered in groups of GROUP_M row tiles that sweep the columns together (Triton's
-matmul tutorial, "L2 cache optimizations"), so a row tile of x is read from DRAM about once.
+matmul tutorial, "L2 cache optimizations"), so a row tile of x is read from DRAM about once. As
+in that tutorial, the operand pointers advance by BK per step and the loads of the last row and
+column tiles are kept in bounds by clamping the indices (the extra rows and columns are never
+stored), so with K a multiple of BK the loop's loads carry no masks at all.
 """
 import triton
 import triton.language as tl
@@ -23,20 +26,28 @@ def linear_silu(X, W, BIAS, Y, M, N_DIM: tl.constexpr, K_DIM: tl.constexpr, BM: 
     group_m = tl.minimum(tiles_m - first_m, GROUP_M)
     pid_m = first_m + (pid % per_group) % group_m
     pid_n = (pid % per_group) // group_m
-    rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    row0 = pid_m.to(tl.int64) * BM                  # offsets past 2^31 stay in the base pointer
+    r = tl.arange(0, BM)
     cols = pid_n * BN + tl.arange(0, BN)
-    rm, cm = rows < M, cols < N_DIM
+    r_in = tl.minimum(r, M - 1 - row0).to(tl.int32)  # rows past M re-read the last one
+    c_in = tl.minimum(cols, N_DIM - 1)
+    if N_DIM * K_DIM >= 2**31:
+        c_in = c_in.to(tl.int64)
+    k = tl.arange(0, BK)
+    a_ptrs = X + row0 * K_DIM + r_in[:, None] * K_DIM + k[None, :]
+    b_ptrs = W + c_in[None, :] * K_DIM + k[:, None]
     acc = tl.zeros((BM, BN), tl.float32)
     for k0 in range(0, K_DIM, BK):
-        ks = k0 + tl.arange(0, BK)
-        a_mask, b_mask = rm[:, None], cm[None, :]
-        if not EVEN_K:
-            a_mask = a_mask & (ks < K_DIM)[None, :]
-            b_mask = b_mask & (ks < K_DIM)[:, None]
-        a = tl.load(X + rows[:, None] * K_DIM + ks[None, :], mask=a_mask, other=0.0)
-        b = tl.load(W + cols[None, :] * K_DIM + ks[:, None], mask=b_mask, other=0.0)
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            a = tl.load(a_ptrs, mask=(k0 + k < K_DIM)[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=(k0 + k < K_DIM)[:, None], other=0.0)
         acc = dot(a, b, acc)
-    y = acc + tl.load(BIAS + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
+        a_ptrs += BK
+        b_ptrs += BK
+    y = acc + tl.load(BIAS + c_in).to(tl.float32)[None, :]
     y = y * tl.sigmoid(y)
-    tl.store(Y + rows[:, None] * N_DIM + cols[None, :], y.to(Y.dtype.element_ty),
-             mask=rm[:, None] & cm[None, :])
+    tl.store(Y + row0 * N_DIM + r[:, None] * N_DIM + cols[None, :], y.to(Y.dtype.element_ty),
+             mask=(row0 + r < M)[:, None] & (cols < N_DIM)[None, :])
