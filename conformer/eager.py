@@ -36,27 +36,9 @@ class EagerBuilder:
     def __init__(self, weights: Mapping[str, torch.Tensor], dtype: torch.dtype):
         self.w, self.dtype = weights, dtype
         self._pos: dict[tuple[str, int], torch.Tensor] = {}
-        self._stacked: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def linear(self, x, weight, bias):
         return F.linear(x, self.w[weight], None if bias is None else self.w[bias])
-
-    def linear_many(self, x, weights, biases):
-        """One strided-batched cuBLAS GEMM over the stacked weights, x broadcast to every batch
-        (stride 0, no copy): one launch instead of one per projection, and each output a
-        contiguous slice of one buffer, as the attention kernel reads it."""
-        flat = x.reshape(-1, x.size(-1))
-        n = self.w[weights[0]].size(0)
-        if flat.size(0) * n * flat.element_size() % 16:   # slices would break 16-byte alignment
-            return tuple(self.linear(x, w, b) for w, b in zip(weights, biases))
-        key = (weights, biases)
-        if key not in self._stacked:   # once, in the first (un-captured) forward
-            self._stacked[key] = (
-                torch.stack([self.w[n].t() for n in weights]).contiguous(),
-                torch.stack([self.w[n] for n in biases]).unsqueeze(1).contiguous())
-        wt, b = self._stacked[key]
-        out = torch.baddbmm(b, flat.expand(len(weights), *flat.shape), wt)
-        return tuple(y.view(*x.shape[:-1], y.size(-1)) for y in out)
 
     def linear_silu(self, x, weight, bias):
         return linear_silu(x, self.w[weight], self.w[bias])

@@ -42,10 +42,6 @@ class Builder(Protocol):
     [B, T, C] unless an op says otherwise, ``lengths`` is int32 [B]."""
 
     def linear(self, x: Tensor, weight: str, bias: str | None) -> Tensor: ...
-    def linear_many(self, x: Tensor, weights: tuple[str, ...], biases: tuple[str, ...]
-                    ) -> tuple[Tensor, ...]:
-        """linear(x, w, b) for each pair, on one input: attention's q, k and v projections."""
-
     def linear_silu(self, x: Tensor, weight: str, bias: str) -> Tensor:
         """SiLU(linear(x)): the FFN's first Linear and its activation, one op."""
     def relu(self, x: Tensor) -> Tensor: ...
@@ -160,8 +156,7 @@ def emit(b: Builder, config: ConformerConfig, feats: Tensor, lengths: Tensor,
             h, x = norm(f"{i}.norm_ff_macaron", x, pending)
             pending = ffn(h, f"{i}.ffm")
         h, x = norm(f"{i}.norm_mha", x, pending)
-        q, k, v = b.linear_many(h, tuple(f"{i}.att.{n}.weight" for n in "qkv"),
-                                tuple(f"{i}.att.{n}.bias" for n in "qkv"))
+        q, k, v = (b.linear(h, f"{i}.att.{n}.weight", f"{i}.att.{n}.bias") for n in "qkv")
         rel = config.pos_enc == "rel"
         ctx = b.attention(q, k, v, lengths, config.num_heads,
                           b.rel_pos(h, f"{i}.att.pos.weight") if rel else None,

@@ -149,9 +149,6 @@ class TrtBuilder:
             return y
         return self._ew(y, self._w(bias, (1, 1, -1)), self.trt.ElementWiseOperation.SUM)
 
-    def linear_many(self, x, weights, biases):
-        return tuple(self.linear(x, w, b) for w, b in zip(weights, biases))
-
     def linear_silu(self, x, weight, bias):
         """Native layers (matmul, bias, sigmoid, product), which TensorRT's builder may fuse."""
         y = self.linear(x, weight, bias)

@@ -85,26 +85,3 @@ def test_encoder(measure, measure_wall, benchmark, impl, variant):
     if not impl.startswith("torchaudio"):
         enc.float()
 
-
-@pytest.mark.parametrize("impl", ["three linears", "one batched GEMM"])
-def test_qkv_projections(measure, benchmark, impl):
-    """Attention's q, k, v projections of one layer: what the eager back end's linear_many
-    replaces (three F.linear) against what it runs (one baddbmm, the input broadcast)."""
-    from conformer.eager import EagerBuilder
-    from kernels import timing
-
-    d, m = 256, B * T
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    w = {f"{n}.{p}": torch.randn(*((d, d) if p == "w" else (d,)), device="cuda", generator=gen,
-                                 dtype=torch.float16) / 16 for n in "qkv" for p in "wb"}
-    builder = EagerBuilder(w, torch.float16)
-    names = tuple(f"{n}.w" for n in "qkv"), tuple(f"{n}.b" for n in "qkv")
-    cost = Cost(bytes=2 * (m * d + 3 * m * d + 3 * d * d), flops=3 * 2 * m * d * d)
-    xs = [torch.randn(B, T, d, device="cuda", dtype=torch.float16, generator=gen)
-          for _ in range(timing.rotation(cost.bytes))]
-    benchmark.group = f"qkv projections fp16 {m}x{d} -> 3x{d}"
-    if impl == "three linears":
-        calls = [lambda x=x: [builder.linear(x, wn, bn) for wn, bn in zip(*names)] for x in xs]
-    else:
-        calls = [lambda x=x: builder.linear_many(x, *names) for x in xs]
-    measure(calls, cost, role="baseline" if impl == "three linears" else "candidate", impl=impl)
