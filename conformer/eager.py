@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from kernels.conv_module import WEIGHTS as CONV_WEIGHTS
 from kernels.conv_module import conv_module
 from kernels.layernorm import layer_norm
+from kernels.layernorm_chain import layer_norm_chain
 from kernels.linear_silu import linear_silu
 from kernels.relpos_attention import rel_pos_attention
 
@@ -53,6 +54,10 @@ class EagerBuilder:
         if residual is None:
             return layer_norm(x, self.w[weight], self.w[bias], eps), x
         return layer_norm(x, self.w[weight], self.w[bias], eps, residual=residual)
+
+    def layer_norm_chain(self, x, residual, first, second, eps):
+        return layer_norm_chain(x, residual, self.w[first + ".weight"], self.w[first + ".bias"],
+                                self.w[second + ".weight"], self.w[second + ".bias"], eps, eps)
 
     def conv2d(self, x, weight, bias, stride):
         return F.conv2d(x, self.w[weight], self.w[bias], stride)

@@ -11,6 +11,8 @@ the order of the fused kernels are written here and nowhere else.
 What the recipe folds and fuses, relative to the reference:
 
 * every residual add goes into the next LayerNorm (``LN(x + r)`` and ``x + r`` in one pass);
+* a block's final LayerNorm and the next LayerNorm (the next block's first, or the encoder's
+  ``after_norm``) run as one op, ``layer_norm_chain``;
 * the macaron scale ½ goes into each FFN's second Linear, ``sqrt(d_model)`` into the front
   end's output Linear;
 * the conv module's BatchNorm goes into its depthwise conv, and the module is one fused op;
@@ -50,6 +52,11 @@ class Builder(Protocol):
     def layer_norm(self, x: Tensor, weight: str, bias: str, eps: float,
                    residual: Tensor | None) -> tuple[Tensor, Tensor]:
         """(LN(x + residual), x + residual); without a residual, (LN(x), x)."""
+
+    def layer_norm_chain(self, x: Tensor, residual: Tensor, first: str, second: str,
+                         eps: float) -> tuple[Tensor, Tensor]:
+        """(y, LN_second(y)) for y = LN_first(x + residual); norms by name prefix
+        (``first + ".weight"`` ...), one eps."""
 
     def conv2d(self, x: Tensor, weight: str, bias: str, stride: int) -> Tensor:
         """[B, C, T, F] -> [B, C', T', F'], unpadded."""
@@ -142,7 +149,7 @@ def emit(b: Builder, config: ConformerConfig, feats: Tensor, lengths: Tensor,
         x = b.linear(b.to_frames(x), "embed.out.weight", "embed.out.bias")
         if config.pos_enc == "abs":
             x = b.add_abs_pos(x)
-    eps, pending = config.ln_eps, None     # pending: the residual branch not yet added to x
+    eps = config.ln_eps    # pending, below: the residual branch not yet added to x
 
     def norm(name, x, pending):
         return b.layer_norm(x, f"{name}.weight", f"{name}.bias", eps, pending)
@@ -151,11 +158,15 @@ def emit(b: Builder, config: ConformerConfig, feats: Tensor, lengths: Tensor,
         h = b.linear_silu(h, f"{name}.w1.weight", f"{name}.w1.bias")
         return b.linear(h, f"{name}.w2.weight", f"{name}.w2.bias")
 
+    def first_norm(i):   # the norm a block starts with
+        return f"{i}.norm_ff_macaron" if config.macaron else f"{i}.norm_mha"
+
+    h, x = norm(first_norm(0), x, None)
     for i in range(config.num_layers):
+        # here h = first_norm(i)(x), x is the residual stream
         if config.macaron:
-            h, x = norm(f"{i}.norm_ff_macaron", x, pending)
             pending = ffn(h, f"{i}.ffm")
-        h, x = norm(f"{i}.norm_mha", x, pending)
+            h, x = norm(f"{i}.norm_mha", x, pending)
         q, k, v = (b.linear(h, f"{i}.att.{n}.weight", f"{i}.att.{n}.bias") for n in "qkv")
         rel = config.pos_enc == "rel"
         ctx = b.attention(q, k, v, lengths, config.num_heads,
@@ -168,8 +179,12 @@ def emit(b: Builder, config: ConformerConfig, feats: Tensor, lengths: Tensor,
                                 config.conv_mask == "glu")
         h, x = norm(f"{i}.norm_ff", x, pending)
         pending = ffn(h, f"{i}.ff")
-        x, _ = norm(f"{i}.norm_final", x, pending)
-        pending = None
+        after = first_norm(i + 1) if i + 1 < config.num_layers else (
+            "after_norm" if config.final_norm else None)
+        if after is None:
+            x, _ = norm(f"{i}.norm_final", x, pending)
+        else:   # this block's final norm and the next norm in one pass
+            x, h = b.layer_norm_chain(x, pending, f"{i}.norm_final", after, eps)
     if config.final_norm:
-        x, _ = norm("after_norm", x, None)
+        x = h
     return x, lengths

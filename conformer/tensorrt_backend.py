@@ -182,6 +182,10 @@ class TrtBuilder:
         y = self._unrows(layer.get_output(0), x)
         return (y, self._unrows(layer.get_output(1), x)) if residual is not None else (y, x)
 
+    def layer_norm_chain(self, x, residual, first, second, eps):
+        y, _ = self.layer_norm(x, first + ".weight", first + ".bias", eps, residual)
+        return y, self.layer_norm(y, second + ".weight", second + ".bias", eps, None)[0]
+
     def conv2d(self, x, weight, bias, stride):
         w = self.w[weight]
         layer = self.net.add_convolution_nd(x, w.shape[0], tuple(w.shape[2:]),

@@ -29,9 +29,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 summary=()
 
-phase_tests() {   # TESTS: which tests (default all but the benchmarks)
+phase_tests() {   # TESTS: which tests (default all but the benchmarks), TESTS_K: a -k filter
   local t0=$SECONDS
-  timeout ${TESTS_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider -m "not bench" ${TESTS:-tests} -n 8 --dist loadfile \
+  timeout ${TESTS_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider -m "not bench" ${TESTS:-tests} \
+      ${TESTS_K:+-k "$TESTS_K"} -n 8 --dist loadfile \
       --junitxml="$OUT/gpu.xml" -rfEs 2>&1 | tee "$OUT/gpu.log" | tail -40
   summary+=("tests: $(tail -1 "$OUT/gpu.log") ($((SECONDS - t0)) s)")
 }

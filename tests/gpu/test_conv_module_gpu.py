@@ -2,15 +2,15 @@
 reference (ragged lengths, odd T, T shorter than the kernel, causal and "same", poisoned
 outputs), the contract's small odd examples, random valid configs of each space, WeNet's fp16
 module, and offsets past 2^31."""
-import random
 
 import pytest
 import torch
 
-from kernels import gpu, launch, verify
+from kernels import launch, verify
 from kernels.conv_module import KERNEL as K
 from kernels.conv_module import conv_module, prepare_weights
 from kernels.conv_module.reference import WenetConvModule, reference
+from tests.gpu.sampling import check_random_configs
 
 pytestmark = pytest.mark.gpu
 IMPLS = [i.name for i in K.impls]
@@ -46,20 +46,7 @@ def test_examples(impl, dtype):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_random_valid_configs(impl):
-    chosen = K.impl(impl)
-    spec = gpu.running().spec
-    rng = random.Random(impl)
-    shape = _shape(3, 133, 256, 31, 0, 0)
-    checked = 0
-    for _ in range(5000):
-        config = {k: rng.choice(v) for k, v in chosen.space.items()}
-        if chosen.valid(config, shape, "float16", spec) is None:
-            v = verify.verify(K, chosen, config, shape, "float16", "cuda", seed=checked)
-            assert v.ok, f"{impl} {config}: {v}"
-            checked += 1
-            if checked == 12:
-                break
-    assert checked == 12
+    check_random_configs(K, impl, _shape(3, 133, 256, 31, 0, 0), seed=IMPLS.index(impl))
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -1,14 +1,14 @@
 """INT4 weight-only GEMM on the GPU: every implementation and dtype at M = 1 … 16 000, odd N and
 K multiples of the group, a sample of the CUDA config space, offsets past 2^31, the public
 function, and the packing against a dense float reference."""
-import random
 
 import pytest
 import torch
 
 import kernels
-from kernels import gpu, launch, verify
+from kernels import launch, verify
 from kernels.int4_gemm import dequantize, int4_linear, prepare
+from tests.gpu.sampling import check_random_configs
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("int4_gemm")
@@ -29,27 +29,10 @@ def test_shapes(impl, dtype, m, n, k, group, asym, bias):
     assert v.ok, f"{impl} {dtype} {shape} {config}: {v}"
 
 
-def check_random_configs(kernel, shape, count=24, seed=0):
-    """``count`` random valid configs of the CUDA implementation, each against the reference."""
-    chosen = kernel.impl("cuda")
-    spec = gpu.running().spec
-    rng = random.Random(seed)
-    checked = 0
-    for _ in range(2000):
-        config = {key: rng.choice(values) for key, values in chosen.space.items()}
-        if chosen.valid(config, shape, "float16", spec) is None:
-            v = verify.verify(kernel, chosen, config, shape, "float16", "cuda", seed=checked)
-            assert v.ok, f"{config}: {v}"
-            checked += 1
-            if checked == count:
-                return
-    raise AssertionError(f"only {checked} valid configs found")
-
-
 @pytest.mark.parametrize("m", [1, 77, 1000])
 def test_sample_of_cuda_configs(m):
     """Random valid configs: ragged M and N tiles, every WARPS_K and pipeline depth."""
-    check_random_configs(K, {"M": m, "N": 200, "K": 640, "group": 64, "asym": 1, "with_bias": 1},
+    check_random_configs(K, "cuda", {"M": m, "N": 200, "K": 640, "group": 64, "asym": 1, "with_bias": 1},
                          seed=m)
 
 

@@ -1,12 +1,12 @@
 """The fused Linear + SiLU on the GPU at real and odd shapes, every dtype, random valid configs
 of the space, and row offsets past 2^31, each against float64 with poisoned outputs."""
-import random
 
 import pytest
 import torch
 
-from kernels import gpu, launch, verify
+from kernels import launch, verify
 from kernels.linear_silu import KERNEL as K
+from tests.gpu.sampling import check_random_configs
 
 pytestmark = pytest.mark.gpu
 IMPL = K.impl("triton")
@@ -25,19 +25,7 @@ def test_real_shapes(dtype, dims):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_random_valid_configs(dtype):
-    spec = gpu.running().spec
-    rng = random.Random(dtype)
-    shape = {"M": 1000, "N": 520, "K": 264}
-    checked = 0
-    for _ in range(5000):
-        config = {k: rng.choice(v) for k, v in IMPL.space.items()}
-        if IMPL.valid(config, shape, dtype, spec) is None:
-            v = verify.verify(K, IMPL, config, shape, dtype, "cuda", seed=checked)
-            assert v.ok, f"{config}: {v}"
-            checked += 1
-            if checked == 12:
-                break
-    assert checked == 12
+    check_random_configs(K, "triton", {"M": 1000, "N": 520, "K": 264}, dtype)
 
 
 def test_rows_past_2_to_the_31():

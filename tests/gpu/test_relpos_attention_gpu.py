@@ -1,13 +1,13 @@
 """Relative-position attention on the GPU: T from 1 to 2000 and odd, every head dim and dtype,
 ragged lengths with an empty sequence, chunk masks, a sample of the config space, plain attention
 against SDPA, and a batch whose element offsets pass 2^31."""
-import random
 
 import pytest
 import torch
 
 import kernels
-from kernels import gpu, launch, verify
+from kernels import launch, verify
+from tests.gpu.sampling import random_valid_configs
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("relpos_attention")
@@ -43,18 +43,9 @@ def test_chunk_masks(chunk, left, rel):
 
 
 def test_sample_of_the_config_space():
-    spec = gpu.running().spec
     shape = _shape(t=300)
-    rng = random.Random(0)
-    checked = 0
-    for _ in range(1000):
-        config = {k: rng.choice(v) for k, v in TRITON.space.items()}
-        if TRITON.valid(config, shape, "float16", spec) is None:
-            _check(shape, "float16", config, seed=checked)
-            checked += 1
-        if checked == 24:
-            break
-    assert checked == 24
+    for i, config in enumerate(random_valid_configs(TRITON, shape, count=24)):
+        _check(shape, "float16", config, seed=i)
 
 
 def test_plain_attention_equals_sdpa():

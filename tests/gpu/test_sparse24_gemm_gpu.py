@@ -7,7 +7,7 @@ import torch
 import kernels
 from kernels import launch, verify
 from kernels.sparse24_gemm import prepare, prune_24, sparse24_linear
-from tests.gpu.test_int4_gemm_gpu import check_random_configs
+from tests.gpu.sampling import check_random_configs
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("sparse24_gemm")
@@ -27,7 +27,7 @@ def test_shapes(dtype, m, n, k, bias):
 
 @pytest.mark.parametrize("m", [1, 77, 1000])
 def test_sample_of_configs(m):
-    check_random_configs(K, {"M": m, "N": 200, "K": 452, "with_bias": 1}, seed=m)
+    check_random_configs(K, "cuda", {"M": m, "N": 200, "K": 452, "with_bias": 1}, seed=m)
 
 
 def test_offsets_past_2_to_the_31():
