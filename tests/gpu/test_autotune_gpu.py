@@ -1,6 +1,10 @@
 """The tuner on a real GPU: the evaluator checks then times, a small run through worker
-processes stores winners that best_config and default_config then use, and a config that faults
-the GPU costs only its own worker."""
+processes stores winners that best_config and default_config then use, a config that faults
+the GPU costs only its own worker, and two workers (of one run, or of two runs) share a study
+on one GPU without timing a config twice."""
+import subprocess
+import sys
+
 import pytest
 import triton
 import triton.language as tl
@@ -90,3 +94,41 @@ def test_a_small_run_stores_winners_the_kernels_then_use(tmp_path, monkeypatch):
             assert launch.default_config(K, K.impl(w.impl), shape, "float16") == w.config
     finally:
         launch._tuned_config.cache_clear()
+
+
+def _claims_are_distinct(url, study, count):
+    claims = open_store(url).claims(study)
+    keys = [c.config for c in claims]
+    assert len(keys) == len(set(keys)) == count, keys
+    assert all(c.outcome is not None for c in claims)     # every claimed config was measured
+
+
+def _tasks(impl):
+    return [t for t in space.tasks(["layernorm"], ["float16"],
+                                   [ModelDims(batch=6, seq_len=500, d_model=256)])
+            if t.impl == impl]
+
+
+def test_two_workers_of_one_run_share_a_study_on_one_gpu(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    task = next(t for t in _tasks("cuda") if dict(t.shape)["with_residual"] == 1)
+    report = run.tune([task], "auto", open_store(url),
+                      run.Settings(budget=space.Budget(12), jobs=2, progress=False))
+    assert report.measured == 12 and len(report.tuned) == 1 and not report.failed
+    _claims_are_distinct(url, task.study_name(report.gpu), 12)
+
+
+def test_two_runs_share_their_studies_on_one_gpu(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    cmd = [sys.executable, "-m", "autotune", "run", "--gpu", "auto", "--kernels", "layernorm",
+           "--impls", "triton", "--batch", "6", "--seq-lens", "500", "--trials", "10",
+           "--no-progress", "--db", url]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    gpu = launch._gpu_spec().name
+    for task in _tasks("triton"):
+        _claims_are_distinct(url, task.study_name(gpu), 10)
+        assert best_config(gpu, "layernorm", "float16", dict(task.shape), impl="triton",
+                           url=url) is not None
