@@ -76,10 +76,11 @@ class EagerBuilder:
     def add_abs_pos(self, x):
         return x + self._table("abs", x.size(1), lambda t: abs_pos_table(t, x.size(2), x.device))
 
-    def rel_pos(self, x, weight):
+    def rel_pos(self, x, weight, legacy):
         d = x.size(2)
-        return self._table(weight, x.size(1), lambda t: F.linear(
-            rel_pos_table(t, d, x.device).to(x.dtype), self.w[weight]).contiguous())
+        table = abs_pos_table if legacy else rel_pos_table
+        return self._table((weight, legacy), x.size(1), lambda t: F.linear(
+            table(t, d, x.device).to(x.dtype), self.w[weight]).contiguous())
 
     def _table(self, key, t, make):
         """Position tables depend on T and the weights only: made once per T (before a graph
@@ -89,12 +90,12 @@ class EagerBuilder:
         return self._pos[(key, t)]
 
     def attention(self, q, k, v, lengths, heads, p, pos_bias_u, pos_bias_v, chunk_size,
-                  num_left_chunks):
+                  num_left_chunks, legacy):
         rel = p is not None
         return rel_pos_attention(q, k, v, lengths, heads, p,
                                  self.w[pos_bias_u] if rel else None,
                                  self.w[pos_bias_v] if rel else None,
-                                 chunk_size, num_left_chunks)
+                                 chunk_size, num_left_chunks, legacy=legacy)
 
     def conv_module(self, x, lengths, prefix, causal, mask_after_glu):
         return conv_module(x, lengths, {n: self.w[prefix + n] for n in CONV_WEIGHTS},

@@ -21,9 +21,8 @@ What the recipe folds and fuses, relative to the reference:
   table ``linear_pos(pos_table(T))`` depends only on T and the weights, so back ends compute it
   once per T (eager) or once for the profile's longest T and slice it (TensorRT).
 
-Not covered (each refused by :func:`check_supported` with the reason): WeNet's ``rel_legacy``
-attention (its position term is not shifted: the attention kernel implements ESPnet's shifted
-form), and the LayerNorm conv-module norm (the fused conv kernel folds a BatchNorm).
+Not covered (refused by :func:`check_supported` with the reason): the LayerNorm conv-module
+norm (the fused conv kernel folds a BatchNorm).
 """
 from __future__ import annotations
 
@@ -66,12 +65,15 @@ class Builder(Protocol):
     def subsample_lengths(self, lengths: Tensor, kernel: int, stride: int) -> Tensor: ...
     def add_abs_pos(self, x: Tensor) -> Tensor: ...      # x + abs_pos_table(T)
 
-    def rel_pos(self, x: Tensor, weight: str) -> Tensor:
-        """linear_pos(rel_pos_table(T)) [2T-1, d] for x's T, with the layer's ``weight``."""
+    def rel_pos(self, x: Tensor, weight: str, legacy: bool) -> Tensor:
+        """linear_pos(rel_pos_table(T)) [2T-1, d] for x's T, with the layer's ``weight``;
+        ``legacy`` (WeNet): linear_pos(abs_pos_table(T)) [T, d]."""
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, heads: int,
                   p: Tensor | None, pos_bias_u: str | None, pos_bias_v: str | None,
-                  chunk_size: int | None, num_left_chunks: int) -> Tensor: ...
+                  chunk_size: int | None, num_left_chunks: int, legacy: bool) -> Tensor:
+        """Relative-position attention with ``p`` (``legacy``: WeNet's un-shifted position
+        term), plain attention without."""
 
     def conv_module(self, x: Tensor, lengths: Tensor, prefix: str, causal: bool,
                     mask_after_glu: bool) -> Tensor:
@@ -80,10 +82,6 @@ class Builder(Protocol):
 
 def check_supported(config: ConformerConfig) -> None:
     """ValueError naming what the fused recipe does not implement for this config."""
-    if config.pos_enc == "rel_legacy":
-        raise ValueError("pos_enc='rel_legacy' (WeNet's un-shifted position term) is not "
-                         "implemented by the attention kernel, which computes ESPnet's "
-                         "rel_shift form; run the reference encoder for such checkpoints")
     if config.conv_norm != "batch_norm":
         raise ValueError("conv_norm='layer_norm' is not implemented by the fused conv module "
                          "(it folds a BatchNorm into the depthwise conv)")
@@ -120,7 +118,7 @@ def prepare(encoder: ConformerEncoder) -> dict[str, torch.Tensor]:
         for proj in ("q", "k", "v", "out"):
             for p in ("weight", "bias"):
                 out[f"{i}.att.{proj}.{p}"] = sd[f"{pre}self_attn.linear_{proj}.{p}"]
-        if config.pos_enc == "rel":
+        if config.pos_enc != "abs":
             out[f"{i}.att.pos.weight"] = sd[pre + "self_attn.linear_pos.weight"]
             out[f"{i}.att.u"] = sd[pre + "self_attn.pos_bias_u"]
             out[f"{i}.att.v"] = sd[pre + "self_attn.pos_bias_v"]
@@ -168,11 +166,11 @@ def emit(b: Builder, config: ConformerConfig, feats: Tensor, lengths: Tensor,
             pending = ffn(h, f"{i}.ffm")
             h, x = norm(f"{i}.norm_mha", x, pending)
         q, k, v = (b.linear(h, f"{i}.att.{n}.weight", f"{i}.att.{n}.bias") for n in "qkv")
-        rel = config.pos_enc == "rel"
+        rel, legacy = config.pos_enc != "abs", config.pos_enc == "rel_legacy"
         ctx = b.attention(q, k, v, lengths, config.num_heads,
-                          b.rel_pos(h, f"{i}.att.pos.weight") if rel else None,
+                          b.rel_pos(h, f"{i}.att.pos.weight", legacy) if rel else None,
                           f"{i}.att.u" if rel else None, f"{i}.att.v" if rel else None,
-                          chunk_size, num_left_chunks)
+                          chunk_size, num_left_chunks, legacy)
         pending = b.linear(ctx, f"{i}.att.out.weight", f"{i}.att.out.bias")
         h, x = norm(f"{i}.norm_conv", x, pending)
         pending = b.conv_module(h, lengths, f"{i}.conv.", config.causal,

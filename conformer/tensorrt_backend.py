@@ -234,23 +234,29 @@ class TrtBuilder:
         sh.reshape_dims = (1, -1, d)
         return self._ew(x, sh.get_output(0), self.trt.ElementWiseOperation.SUM)
 
-    def rel_pos(self, x, weight):
+    def rel_pos(self, x, weight, legacy):
         d, tmax = self.config.d_model, self.max_t
+        t = self._shape_of(x, 1)
+        if legacy:   # rows: positions 0 ... tmax-1, of which the first T
+            full = torch.nn.functional.linear(abs_pos_table(tmax, d).double(),
+                                              self.w[weight].double())
+            return self._slice_rows(self.const(weight + ":legacy_table", full),
+                                    self._int64("zero", [0]), t, d)
         full = torch.nn.functional.linear(rel_pos_table(tmax, d).double(), self.w[weight].double())
         table = self.const(weight + ":table", full)         # rows: positions tmax-1 ... -(tmax-1)
         ew = self.trt.ElementWiseOperation
-        t = self._shape_of(x, 1)
         start = self._ew(self._int64(f"t{tmax}", [tmax]), t, ew.SUB)
         size = self._ew(self._ew(t, t, ew.SUM), self._int64("one", [1]), ew.SUB)
         return self._slice_rows(table, start, size, d)
 
     def attention(self, q, k, v, lengths, heads, p, pos_bias_u, pos_bias_v, chunk_size,
-                  num_left_chunks):
+                  num_left_chunks, legacy):
         rel = p is not None
         ins = [q, k, v] + ([p, self._w(pos_bias_u), self._w(pos_bias_v)] if rel else []) + [lengths]
         return self._plugin("relpos_attention", ins, {
             "H": heads, "DK": self.config.d_k, "chunk": chunk_size or 0,
-            "left_chunks": max(num_left_chunks, -1), "rel": int(rel)}).get_output(0)
+            "left_chunks": max(num_left_chunks, -1),
+            "rel": (2 if legacy else 1) if rel else 0}).get_output(0)
 
     def conv_module(self, x, lengths, prefix, causal, mask_after_glu):
         w = {n: self._w(prefix + n, dtype=torch.float32 if n in ("dw_w", "dw_b") else None)

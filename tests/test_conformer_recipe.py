@@ -31,6 +31,8 @@ def _compare(config, lengths, t_in, chunk=None, left=-1, seed=0):
 
 @pytest.mark.parametrize("overrides, lengths, t_in, chunk, left", [
     (dict(), [41, 30, 17], 41, None, -1),                                  # ESPnet rel-pos
+    (dict(pos_enc="rel_legacy"), [39, 25], 39, None, -1),                  # WeNet's un-shifted
+    (dict(pos_enc="rel_legacy", causal=True), [45, 45], 45, 2, -1),
     (dict(cmvn=True, ln_eps=1e-12, conv_mask="glu"), [37, 37], 37, None, -1),
     (dict(causal=True, subsampling=6), [50, 33], 50, 2, 1),                # streaming
     (dict(pos_enc="abs", subsampling=8, macaron=False, conv_bias=False), [70, 45], 70, None, -1),
@@ -41,7 +43,6 @@ def test_eager_recipe_matches_the_reference(overrides, lengths, t_in, chunk, lef
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(pos_enc="rel_legacy"), "rel_legacy"),
     (dict(conv_norm="layer_norm"), "conv_norm='layer_norm'"),
 ])
 def test_unsupported_variants_are_refused(overrides, match):

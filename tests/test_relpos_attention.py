@@ -45,6 +45,9 @@ CASES = [
     _shape(t=29, h=1, chunk=64, left=0),
     _shape(t=35, dk=64, rel=0),
     _shape(t=24, h=1, chunk=4, left=2, rel=0),
+    _shape(t=1, h=1, dk=64, rel=2),
+    _shape(t=43, dk=32, rel=2),
+    _shape(t=50, h=1, chunk=8, left=1, rel=2),
 ]
 CONFIGS = [None,   # the heuristic
            {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 1},
@@ -170,5 +173,27 @@ def test_cost_and_tune_shapes():
     assert K.cost(shape, "float16").flops == 6 * 32 * 4 * 500 * 500 * 64
     assert K.cost({**shape, "rel": 0}, "float16").flops == 4 * 32 * 4 * 500 * 500 * 64
     shapes = K.tune_shapes(ModelDims())
-    assert {s["rel"] for s in shapes} == {0, 1}
+    assert {s["rel"] for s in shapes} == {0, 1, 2}
+    legacy = K.cost({**shape, "rel": 2}, "float16")
+    assert legacy.flops == K.cost(shape, "float16").flops
+    assert K.cost(shape, "float16").bytes - legacy.bytes == 499 * 4 * 64 * 2   # p: T-1 rows less
     assert all(s["DK"] == 64 and s["T"] == 500 and s["B"] == 32 for s in shapes)
+
+
+def test_legacy_form_is_wenets(device):
+    """rel=2 against the conformer package's independent functional reference (einsum, no
+    rel_shift for a T-row p), and refused without positions."""
+    from conformer.attention import rel_pos_attention_reference
+
+    shape = _shape(b=3, t=23, h=2, dk=32, rel=2)
+    x = _inputs(device, shape)
+    out = _call(x, shape, legacy=True)
+    b, t, h, dk = 3, 23, 2, 32
+    ref = rel_pos_attention_reference(
+        *(x[n].double().view(b, t, h, dk) for n in "qkv"), x["p"].double().view(t, h, dk),
+        x["pos_bias_u"].double(), x["pos_bias_v"].double(), x["lengths"]).reshape(b, t, h * dk)
+    valid = torch.arange(t, device=out.device)[None, :] < x["lengths"][:, None]
+    ref = ref.masked_fill(~valid[..., None], 0.0)
+    assert verify.relative_error(out, ref) < 1e-2
+    with pytest.raises(ValueError, match="legacy=True"):
+        rel_pos_attention(x["q"], x["k"], x["v"], x["lengths"], 2, legacy=True)

@@ -3,7 +3,9 @@ or plain attention (torchaudio's Conformer), fused flash style: the T x T scores
 
 ``out = softmax(((q + u) . k^T + rel_shift((q + v) . p^T)) / sqrt(d_k)) . v`` per head, under a
 key-padding mask from ``lengths`` and an optional U2 chunk mask (``chunk`` frames per chunk,
-``left_chunks`` chunks of history, -1 for all); with ``rel=0`` the scores are q . k^T / sqrt(d_k).
+``left_chunks`` chunks of history, -1 for all); with ``rel=0`` the scores are q . k^T / sqrt(d_k);
+with ``rel=2`` the position term is WeNet's un-shifted ``(q + v) . p^T`` over p [T, H*d_k]
+(``linear_pos`` of the absolute sinusoid table, WeNet's ``RelPositionalEncoding``).
 Tensors are in the layout the projections produce: q, k, v, out [B, T, H*d_k], p [2T-1, H*d_k]
 (``linear_pos`` of the 2T-1-row relative position table, row n = relative position T-1-n),
 pos_bias_u/pos_bias_v [H, d_k], lengths [B] int32. Query rows at or past their sequence's length
@@ -36,6 +38,14 @@ def _check_head_dim(dk: int) -> None:
                          f"use one of {list(HEAD_DIMS)}")
 
 
+# rows of p: 2T-1 relative positions (rel=1, ESPnet), T absolute ones (rel=2, WeNet legacy)
+P_ROWS = "(3 - rel) * T + rel - 2"
+
+
+def _p_rows(t: int, rel: int) -> int:
+    return (3 - rel) * t + rel - 2
+
+
 # ---- Triton --------------------------------------------------------------------------------
 
 def _triton_constants(config, shape, dtype):
@@ -48,7 +58,7 @@ def _triton_constants(config, shape, dtype):
 def _triton_valid(config, shape, dtype, gpu):
     bm, bn, warps, dk, rel = (config["BLOCK_M"], config["BLOCK_N"], config["num_warps"],
                               shape["DK"], shape["rel"])
-    if rel and bm > bn:
+    if rel == 1 and bm > bn:
         return "BLOCK_M > BLOCK_N: the position band would not fit in two key chunks"
     if max(bm, bn) > max(16, _pow2(shape["T"])):
         return "a block longer than the sequence"
@@ -62,7 +72,8 @@ def _triton_valid(config, shape, dtype, gpu):
     if words > MAX_WORDS_PER_THREAD:
         return f"about {words} live words per thread would spill"
     # pipelined K, V (and p) tiles, q, and the band the skew stages in shared memory
-    smem = config["num_stages"] * (2 + rel) * bn * dk * 2 + bm * dk * 2 + rel * bm * 2 * bn * 4
+    smem = (config["num_stages"] * (2 + bool(rel)) * bn * dk * 2 + bm * dk * 2
+            + (rel == 1) * bm * 2 * bn * 4)
     if gpu is not None and smem > gpu.smem_per_block:
         return f"about {smem} bytes of shared memory"
     return None
@@ -111,7 +122,7 @@ def _baseline(inputs, shape, scalars):
 def _attention(x, shape):
     return reference.attention(x["q"], x["k"], x["v"], x["lengths"], shape["H"], x.get("p"),
                                x.get("pos_bias_u"), x.get("pos_bias_v"), shape["chunk"],
-                               shape["left_chunks"])
+                               shape["left_chunks"], legacy=shape["rel"] == 2)
 
 
 def _make_inputs(shape, dtype, device, gen):
@@ -126,7 +137,7 @@ def _make_inputs(shape, dtype, device, gen):
         lengths[2] = 0
     inputs["lengths"] = lengths
     if shape["rel"]:
-        inputs.update(p=randn(2 * t - 1, h * dk), pos_bias_u=randn(h, dk, scale=0.5),
+        inputs.update(p=randn(_p_rows(t, shape["rel"]), h * dk), pos_bias_u=randn(h, dk, scale=0.5),
                       pos_bias_v=randn(h, dk, scale=0.5))
     return inputs
 
@@ -136,13 +147,13 @@ def _cost(shape, dtype):
     scores) over every (query, key) pair, padding included."""
     b, t, h, dk, rel = shape["B"], shape["T"], shape["H"], shape["DK"], shape["rel"]
     e = 2
-    data = 4 * b * t * h * dk * e + rel * ((2 * t - 1) * h * dk + 2 * h * dk) * e + 4 * b
-    return Cost(bytes=data, flops=(4 + 2 * rel) * b * h * t * t * dk)
+    data = 4 * b * t * h * dk * e + bool(rel) * (_p_rows(t, rel) + 2) * h * dk * e + 4 * b
+    return Cost(bytes=data, flops=(4 + 2 * bool(rel)) * b * h * t * t * dk)
 
 
 def _tune_shapes(dims):
     return [{"B": dims.batch, "T": dims.seq_len, "H": dims.heads, "DK": dims.d_model // dims.heads,
-             "chunk": 0, "left_chunks": -1, "rel": rel} for rel in (1, 0)]
+             "chunk": 0, "left_chunks": -1, "rel": rel} for rel in (1, 2, 0)]
 
 
 KERNEL = Kernel(
@@ -150,11 +161,11 @@ KERNEL = Kernel(
     doc=__doc__,
     dims=(Dim("B", 1, 2**20, dynamic=True), Dim("T", 1, 65536, dynamic=True), Dim("H", 1, 64),
           Dim("DK", 32, 128), Dim("chunk", 0, 65536), Dim("left_chunks", -1, 65536),
-          Dim("rel", 0, 1)),
+          Dim("rel", 0, 2)),
     tensors=(TensorSpec("q", ("B", "T", "H * DK")),
              TensorSpec("k", ("B", "T", "H * DK")),
              TensorSpec("v", ("B", "T", "H * DK")),
-             TensorSpec("p", ("2 * T - 1", "H * DK"), when="rel"),
+             TensorSpec("p", (P_ROWS, "H * DK"), when="rel"),
              TensorSpec("pos_bias_u", ("H", "DK"), when="rel"),
              TensorSpec("pos_bias_v", ("H", "DK"), when="rel"),
              TensorSpec("lengths", ("B",), dtype="int32"),
@@ -173,7 +184,9 @@ KERNEL = Kernel(
     examples=({"B": 3, "T": 37, "H": 2, "DK": 32, "chunk": 0, "left_chunks": -1, "rel": 1},
               {"B": 2, "T": 1, "H": 1, "DK": 64, "chunk": 0, "left_chunks": -1, "rel": 1},
               {"B": 3, "T": 45, "H": 1, "DK": 32, "chunk": 8, "left_chunks": 1, "rel": 1},
-              {"B": 2, "T": 21, "H": 1, "DK": 128, "chunk": 0, "left_chunks": -1, "rel": 0}),
+              {"B": 2, "T": 21, "H": 1, "DK": 128, "chunk": 0, "left_chunks": -1, "rel": 0},
+              {"B": 3, "T": 29, "H": 2, "DK": 32, "chunk": 0, "left_chunks": -1, "rel": 2},
+              {"B": 2, "T": 40, "H": 1, "DK": 64, "chunk": 16, "left_chunks": 0, "rel": 2}),
 )
 
 
@@ -182,11 +195,12 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
                       pos_bias_u: torch.Tensor | None = None,
                       pos_bias_v: torch.Tensor | None = None, chunk_size: int | None = None,
                       num_left_chunks: int = -1, check_lengths: bool = False,
-                      impl: str = "triton", config=None) -> torch.Tensor:
+                      legacy: bool = False, impl: str = "triton", config=None) -> torch.Tensor:
     """Attention context [B, T, H*d_k] (before the output projection) of q, k, v [B, T, H*d_k].
 
     With ``p`` [2T-1, H*d_k], ``pos_bias_u`` and ``pos_bias_v`` [H, d_k]: relative-position
-    attention; without them, plain attention. ``chunk_size`` (>= 1) adds the U2 chunk mask with
+    attention (``legacy=True``: WeNet's un-shifted form, p [T, H*d_k]); without them, plain
+    attention. ``chunk_size`` (>= 1) adds the U2 chunk mask with
     ``num_left_chunks`` chunks of history (negative: all). ``lengths`` is int32 [B];
     ``check_lengths=True`` verifies 0 <= lengths <= T on the host (a device sync).
     """
@@ -204,6 +218,9 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
     if any(rel_given) and not all(rel_given):
         raise ValueError("p, pos_bias_u and pos_bias_v go together: give all three for "
                          "relative positions, none for plain attention")
+    if legacy and not all(rel_given):
+        raise ValueError("legacy=True is a form of relative-position attention: give p, "
+                         "pos_bias_u and pos_bias_v")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be an int >= 1 (or None for no chunk mask), "
@@ -215,7 +232,8 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
         raise ValueError(f"lengths must lie in [0, T={t}], got min {int(lengths.min())}, "
                          f"max {int(lengths.max())}")
     shape = {"B": b, "T": t, "H": num_heads, "DK": hd // num_heads, "chunk": chunk_size or 0,
-             "left_chunks": max(num_left_chunks, -1), "rel": int(all(rel_given))}
+             "left_chunks": max(num_left_chunks, -1),
+             "rel": (2 if legacy else 1) if all(rel_given) else 0}
     inputs = {"q": q, "k": k, "v": v, "p": p, "pos_bias_u": pos_bias_u,
               "pos_bias_v": pos_bias_v, "lengths": lengths}
     return launch.call(KERNEL, inputs, shape, impl, config)["out"]

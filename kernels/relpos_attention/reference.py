@@ -54,10 +54,11 @@ def position_scores(q: torch.Tensor, p: torch.Tensor, pos_bias_v: torch.Tensor) 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
               heads: int, p: torch.Tensor | None = None, pos_bias_u: torch.Tensor | None = None,
-              pos_bias_v: torch.Tensor | None = None, chunk: int = 0, left_chunks: int = -1
-              ) -> torch.Tensor:
+              pos_bias_v: torch.Tensor | None = None, chunk: int = 0, left_chunks: int = -1,
+              legacy: bool = False) -> torch.Tensor:
     """Multi-head attention in q's dtype. q, k, v: [B, T, H*d_k] (the projections' layout);
     p: [2T-1, H*d_k] (``linear_pos`` of the position table) or None for plain attention;
+    with ``legacy``, WeNet's un-shifted form: p [T, H*d_k] and matrix_bd = (q + v) . p^T;
     pos_bias_u, pos_bias_v: [H, d_k]; lengths: [B]. Returns [B, T, H*d_k]."""
     b, t, hd = q.shape
     d_k = hd // heads
@@ -68,7 +69,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.
         scores = torch.matmul(qh.transpose(1, 2), kh.transpose(-2, -1))
     else:
         matrix_ac = torch.matmul((qh + pos_bias_u).transpose(1, 2), kh.transpose(-2, -1))
-        scores = matrix_ac + position_scores(qh, p.view(2 * t - 1, heads, d_k), pos_bias_v)
+        if legacy:
+            matrix_bd = torch.matmul((qh + pos_bias_v).transpose(1, 2),
+                                     p.view(t, heads, d_k).permute(1, 2, 0))
+        else:
+            matrix_bd = position_scores(qh, p.view(2 * t - 1, heads, d_k), pos_bias_v)
+        scores = matrix_ac + matrix_bd
     scores = scores / math.sqrt(d_k)
     blocked = ~attend_mask(lengths, t, chunk, left_chunks)[:, None]
     scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)

@@ -21,6 +21,9 @@ key axis, which Triton does with warp shuffles between two layout conversions (1
 99.3 us, and it spills at BLOCK 64x64 / 4 warps), and rounding the band to fp16 before the skew
 (115 us: the extra conversions cost more than the halved shared-memory traffic saves).
 
+REL=2 is WeNet's un-shifted form, score_bd[i, j] = (q_i + v) . p[j] with p of T rows: one more
+[BLOCK_M, DK] x [DK, BLOCK_N] product per key block, on the p rows of the keys, no skew.
+
 Masks: keys at or past the sequence length, and with CHUNK > 0 keys outside the query's chunk
 window (U2 streaming: its own chunk and LEFT chunks before it, all before it when LEFT < 0).
 Query rows at or past the length produce zeros, as do rows with no key to attend. Lengths are
@@ -72,12 +75,13 @@ def _skew(c_lo, c_hi, r, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _chunk(qv, P, p_off, first, T, HD: tl.constexpr, DK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(q + v) . p[first + c] for c < BLOCK_N, zero where the row is outside p's 2T-1 rows."""
+def _chunk(qv, P, p_off, first, rows_p, HD: tl.constexpr, DK: tl.constexpr,
+           BLOCK_N: tl.constexpr):
+    """(q + v) . p[first + c] for c < BLOCK_N, zero where the row is outside p's ``rows_p``."""
     n = first + tl.arange(0, BLOCK_N)
     d = tl.arange(0, DK)
     pt = tl.load(P + p_off + n[None, :] * HD + d[:, None],
-                 mask=(n[None, :] >= 0) & (n[None, :] < 2 * T - 1), other=0.0)
+                 mask=(n[None, :] >= 0) & (n[None, :] < rows_p), other=0.0)
     return _mm(qv, pt)
 
 
@@ -96,10 +100,12 @@ def _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, kv_off, p_off, rows, i0, j0, bas
     else:
         kt = tl.load(kt_ptrs)
     s = _mm(qu, kt)
-    if REL:
-        c_hi = _chunk(qv, P, p_off, base + j0 + BLOCK_N, T, HD, DK, BLOCK_N)
+    if REL == 1:
+        c_hi = _chunk(qv, P, p_off, base + j0 + BLOCK_N, 2 * T - 1, HD, DK, BLOCK_N)
         s += _skew(c_lo, c_hi, _band_offset(rows, cols, i0, j0, BLOCK_M), BLOCK_M, BLOCK_N)
         c_lo = c_hi
+    if REL == 2:   # WeNet's legacy form: the position rows line up with the keys
+        s += _chunk(qv, P, p_off, j0, T, HD, DK, BLOCK_N)   # p has T rows
     s = s * qk_scale
     if MASKED:
         keep = (cols[None, :] >= lo_row[:, None]) & (cols[None, :] < hi_row[:, None])
@@ -165,7 +171,10 @@ def relpos_attn_fwd(Q, K, V, P, U, VB, LENGTHS, O, T,
         qv = (q.to(tl.float32) + vb[None, :]).to(dt)
         p_off = h * DK
         base = T - i0 - BLOCK_M
-        c_lo = _chunk(qv, P, p_off, base + lo, T, HD, DK, BLOCK_N)
+        if REL == 1:
+            c_lo = _chunk(qv, P, p_off, base + lo, 2 * T - 1, HD, DK, BLOCK_N)
+        else:
+            c_lo = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     else:
         qu = q
         qv = q

@@ -21,7 +21,9 @@ def _rel_err(got, want, lengths):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("overrides, chunk", [(dict(), None), (dict(causal=True), 16),
-                                              (dict(pos_enc="abs", conv_mask="glu"), None)])
+                                              (dict(pos_enc="abs", conv_mask="glu"), None),
+                                              (dict(pos_enc="rel_legacy"), None)],
+                         ids=["rel", "rel-causal-chunk16", "abs-glu", "rel_legacy"])
 def test_eager_encoder_matches_the_reference(dtype, overrides, chunk):
     enc = _randomize(ConformerEncoder(ConformerConfig(**SIZE, **overrides)), seed=3).cuda()
     with torch.no_grad():     # scale the random weights like a trained model's (residual stream ~1)
