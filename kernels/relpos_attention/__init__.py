@@ -67,12 +67,14 @@ def _triton_valid(config, shape, dtype, gpu):
     threads = 32 * warps
     if bm * bn < 4 * threads:
         return "fewer than 4 scores per thread"
-    # fp32 accumulator, q (+u, +v) as fp16 operands, and the fp32 score-sized tiles in flight
-    words = (bm * dk + (bm * dk if rel else bm * dk // 2) + (3 if rel else 2) * bm * bn) // threads
+    e = 4 if dtype == "float32" else 2
+    # fp32 accumulator, q (+u, +v) as operands, and the fp32 score-sized tiles in flight
+    words = (bm * dk + (2 if rel else 1) * bm * dk * e // 4
+             + (3 if rel else 2) * bm * bn) // threads
     if words > MAX_WORDS_PER_THREAD:
         return f"about {words} live words per thread would spill"
     # pipelined K, V (and p) tiles, q, and the band the skew stages in shared memory
-    smem = (config["num_stages"] * (2 + bool(rel)) * bn * dk * 2 + bm * dk * 2
+    smem = (config["num_stages"] * (2 + bool(rel)) * bn * dk * e + bm * dk * e
             + (rel == 1) * bm * 2 * bn * 4)
     if gpu is not None and smem > gpu.smem_per_block:
         return f"about {smem} bytes of shared memory"
@@ -94,7 +96,7 @@ def _triton_heuristic(shape, dtype, gpu):
 
 TRITON = Impl(
     name="triton",
-    sources=(HERE / "triton_impl.py",),
+    sources=(HERE.parent / "triton_common.py", HERE / "triton_impl.py"),
     space={"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
            "num_stages": (1, 2, 3, 4)},
     launches=(Launch("relpos_attn_fwd", ("cdiv(T, BLOCK_M) * B * H", "1", "1"),
@@ -146,7 +148,7 @@ def _cost(shape, dtype):
     """Reads q, k, v (and p, biases), writes out; flops of q.k^T and P.v (and the T x T position
     scores) over every (query, key) pair, padding included."""
     b, t, h, dk, rel = shape["B"], shape["T"], shape["H"], shape["DK"], shape["rel"]
-    e = 2
+    e = 4 if dtype == "float32" else 2
     data = 4 * b * t * h * dk * e + bool(rel) * (_p_rows(t, rel) + 2) * h * dk * e + 4 * b
     return Cost(bytes=data, flops=(4 + 2 * bool(rel)) * b * h * t * t * dk)
 
@@ -171,7 +173,7 @@ KERNEL = Kernel(
              TensorSpec("lengths", ("B",), dtype="int32"),
              TensorSpec("out", ("B", "T", "H * DK"), role="out")),
     scalars={},
-    dtypes=("float16", "bfloat16"),
+    dtypes=("float16", "bfloat16", "float32"),
     impls=(TRITON,),
     reference=_reference,
     baseline=_baseline,
@@ -180,7 +182,7 @@ KERNEL = Kernel(
     tune_shapes=_tune_shapes,
     # bf16 keeps 8 significant bits: q + u, q + v and the probabilities are rounded to it, as in
     # the eager bf16 module, which itself measures 4-9e-3 from float64 on make_inputs' data.
-    tolerance={"float16": 1e-2, "bfloat16": 2e-2},
+    tolerance={"float16": 1e-2, "bfloat16": 2e-2, "float32": 1e-5},
     examples=({"B": 3, "T": 37, "H": 2, "DK": 32, "chunk": 0, "left_chunks": -1, "rel": 1},
               {"B": 2, "T": 1, "H": 1, "DK": 64, "chunk": 0, "left_chunks": -1, "rel": 1},
               {"B": 3, "T": 45, "H": 1, "DK": 32, "chunk": 8, "left_chunks": 1, "rel": 1},

@@ -29,31 +29,19 @@ window (U2 streaming: its own chunk and LEFT chunks before it, all before it whe
 Query rows at or past the length produce zeros, as do rows with no key to attend. Lengths are
 clamped to [0, T] in the kernel, so no length makes it read out of bounds.
 """
-import os
-
 import triton
 import triton.language as tl
 
-# Triton's interpreter multiplies the raw bits of bfloat16 operands in tl.dot (it stores bf16 as
-# uint16; triton-lang/triton#11584, and its debugging guide: no bf16 arithmetic), so there, and
-# only there, dot operands are widened to fp32 first. Compiled kernels are unaffected.
-_WIDEN_DOT = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
-
+from ..triton_common import dot
 
 @triton.jit
 def _mm(a, b):
-    if _WIDEN_DOT:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b)
+    return dot(a, b, tl.zeros((a.shape[0], b.shape[1]), tl.float32))
 
 
 @triton.jit
 def _mma(a, b, acc):
-    if _WIDEN_DOT:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc)
+    return dot(a, b, acc)
 
 
 @triton.jit
