@@ -29,13 +29,13 @@ from .match import Left, Match
 KIND = "conv_module"
 
 
-class _NoMatch(Exception):
+class NoMatch(Exception):
     pass
 
 
 def need(condition, reason: str) -> None:
     if not condition:
-        raise _NoMatch(reason)
+        raise NoMatch(reason)
 
 
 def find(g: Graph) -> list[Match | Left]:
@@ -46,7 +46,7 @@ def _match(g: Graph, dw) -> Match | Left:
     nodes = [dw]
     try:
         return _walk(g, dw, nodes)
-    except _NoMatch as err:
+    except NoMatch as err:
         return Left(KIND, [label(n) for n in nodes], str(err))
 
 
@@ -72,7 +72,7 @@ def _pointwise(g: Graph, conv, out_ch: int, in_ch: int) -> tuple[np.ndarray, np.
     return w.reshape(out_ch, in_ch), _bias(g, conv, out_ch, w.dtype)
 
 
-def _only_consumer(g: Graph, name: str, op_type: str, what: str):
+def only_consumer(g: Graph, name: str, op_type: str, what: str):
     users = g.consumers(name)
     need(len(users) == 1 and users[0].op_type == op_type,
          f"{what} is not followed by {op_type} alone (it feeds "
@@ -189,14 +189,14 @@ def _walk(g: Graph, dw, nodes: list) -> Match:
          and sorted(mul.input) == sorted([h, sig.output[0]]),
          "the depthwise conv (and norm) is not followed by SiLU, h * Sigmoid(h)")
     nodes += [sig, mul]
-    pw2 = _only_consumer(g, mul.output[0], "Conv", "the SiLU")
+    pw2 = only_consumer(g, mul.output[0], "Conv", "the SiLU")
     w2, b2 = _pointwise(g, pw2, d, d)
     nodes.append(pw2)
-    where = _only_consumer(g, pw2.output[0], "Where",
+    where = only_consumer(g, pw2.output[0], "Where",
                            "the last conv (the plugin zeroes padded output frames)")
     valid_out, t = _unmask(g, where.output[0], nodes)
     need(t == pw2.output[0], f"{label(where)} does not zero the last conv's padded frames")
-    tout = _only_consumer(g, where.output[0], "Transpose", "the output mask")
+    tout = only_consumer(g, where.output[0], "Transpose", "the output mask")
     need(list(attr(tout, "perm", [])) == [0, 2, 1], "the output is not transposed back to "
          "[B, T, D]")
     nodes.append(tout)
@@ -230,7 +230,7 @@ def _walk(g: Graph, dw, nodes: list) -> Match:
                  note=f"lengths = ReduceSum({valid_out!r}, axis 1), the count of valid frames")
 
 
-def _lengths(g: Graph, valid: str) -> tuple[str, list]:
+def lengths_of(g: Graph, valid: str) -> tuple[str, list]:
     """int32 [B] valid frames of a [B, T] bool mask, made once per mask."""
     if ("lengths", valid) in g.memo:
         return g.memo["lengths", valid], []
@@ -246,7 +246,7 @@ def _lengths(g: Graph, valid: str) -> tuple[str, list]:
 
 def _emitter(x: str, valid: str, weights: dict, y: str):
     def emit(g: Graph, plugin, base: str):
-        lengths, nodes = _lengths(g, valid)
+        lengths, nodes = lengths_of(g, valid)
         names = [g.add_initializer(f"{base}/{k}", v) for k, v in weights.items()]
         return nodes + [plugin([x, lengths, *names], [y])]
     return emit

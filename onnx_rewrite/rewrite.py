@@ -12,7 +12,7 @@ from onnx import helper
 import kernels
 from plugin_gen.codegen import plugin_name
 
-from . import conv_module, layernorm
+from . import attention, conv_module, layernorm
 from .graph import Graph, label
 from .match import Left, Match
 
@@ -139,15 +139,13 @@ def _base(nodes: list[onnx.NodeProto]) -> str:
 
 def rewrite(model: onnx.ModelProto, library: Library | None = None
             ) -> tuple[onnx.ModelProto, Report]:
-    """A copy of ``model`` with every LayerNorm and conv module that fits a plugin replaced by
-    a plugin node, and the report. Raises RewriteError for a model it cannot handle."""
+    """A copy of ``model`` with every LayerNorm, conv module and attention that fits a plugin
+    replaced by a plugin node, and the report. Raises RewriteError for a model it cannot handle."""
     check_opset(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = Graph(out, onnx.shape_inference.infer_shapes(model))
-    candidates = layernorm.find(g) + conv_module.find(g) + [
-        Left("relpos_attention", [label(n)], "not matched: not implemented")
-        for n in g.nodes if n.op_type == "Softmax"]
+    candidates = layernorm.find(g) + conv_module.find(g) + attention.find(g)
     report = Report()
     claimed: set[int] = set()
     for cand in candidates:

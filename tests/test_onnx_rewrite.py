@@ -1,5 +1,5 @@
 """onnx_rewrite on the CPU: the reference Conformer exported to ONNX at tiny sizes, rewritten, and
-checked three ways: every LayerNorm and conv module became one plugin node; every other node is
+checked three ways: every LayerNorm, conv module and attention became one plugin node; every other node is
 byte-for-byte what it was; and the rewritten graph computes the original's outputs, with each
 plugin node evaluated by its kernel's own float64 reference (``Kernel.reference``, the semantics
 the plugins are tested against) in onnx's reference evaluator, against onnxruntime on the original.
@@ -37,7 +37,11 @@ EXPORTS = {
                        dict(do_constant_folding=False)),
     # opset 18's Split(num_outputs) and input axes, convs without biases
     "opset18-nobias": (18, dict(num_layers=1, conv_bias=False), {}),
+    # WeNet's un-shifted position term, and plain attention (torchaudio's architecture)
+    "opset17-wenet": (17, dict(num_layers=1, pos_enc="rel_legacy"), {}),
+    "opset17-abs": (17, dict(num_layers=1, pos_enc="abs"), {}),
 }
+ATTENTION_FORM = {"rel": 1, "rel_legacy": 2, "abs": 0}
 
 
 def _export(path, opset, overrides, export_kw):
@@ -98,7 +102,7 @@ def _run_original(model, feeds):
 
 
 def _run_rewritten(model, feeds, eps_offset=0.0):
-    ops = [_plugin_op(n, eps_offset) for n in ("layernorm", "conv_module")]
+    ops = [_plugin_op(n, eps_offset) for n in ("layernorm", "conv_module", "relpos_attention")]
     return ReferenceEvaluator(model, new_ops=ops).run(None, feeds)
 
 
@@ -112,7 +116,7 @@ def _node_bytes(nodes):
 
 # ---- the exported Conformer ------------------------------------------------------------------
 
-def test_every_layernorm_and_conv_module_becomes_a_plugin(exported):
+def test_every_layernorm_conv_module_and_attention_becomes_a_plugin(exported):
     path, config = exported
     before = onnx.load(path)
     after, report = rewrite(before)
@@ -124,10 +128,9 @@ def test_every_layernorm_and_conv_module_becomes_a_plugin(exported):
     # per layer: macaron FFN, MHSA, conv, FFN and final norms (all but the first take the
     # residual add before them), and the encoder's after_norm
     assert kinds == {("ct_layernorm", 1): 4 * layers, ("ct_layernorm", 0): layers + 1,
-                     ("ct_conv_module",): layers}
-    assert {e["kind"] for e in report.left} == {"relpos_attention"}
-    assert all(e["reason"] == "not matched: not implemented" for e in report.left)
-    assert len(report.left) == layers
+                     ("ct_conv_module",): layers, ("ct_relpos_attention",): layers}
+    assert report.left == []
+    assert not {"Softmax"} & {n.op_type for n in after.graph.node}
 
     # nothing but the replaced subgraphs (and what only they read) changed
     by_name = {n.name: n for n in before.graph.node}
@@ -155,6 +158,9 @@ def test_every_layernorm_and_conv_module_becomes_a_plugin(exported):
     attrs = _attrs(next(n for n in plugins if n.op_type == "ct_conv_module"))
     assert (attrs["D"], attrs["K"], attrs["causal"], attrs["mask_after_glu"]) == \
         (64, 7, int(config.causal), int(config.conv_mask == "glu"))
+    attrs = _attrs(next(n for n in plugins if n.op_type == "ct_relpos_attention"))
+    assert (attrs["H"], attrs["DK"], attrs["rel"], attrs["chunk"]) == \
+        (2, 32, ATTENTION_FORM[config.pos_enc], 0)
 
 
 @pytest.mark.parametrize("lengths, t_in", [([40, 31], 40), ([57, 30, 13], 57)])
@@ -166,8 +172,9 @@ def test_rewritten_graph_computes_the_original_outputs(exported, lengths, t_in):
     want = _run_original(before, feeds)
     got = _run_rewritten(after, feeds)
     assert got[0].shape == want[0].shape
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(got[1], want[1])
+    for b, n in enumerate(want[1]):   # frames past out_lengths are padding (attention: zeros)
+        np.testing.assert_allclose(got[0][b, :n], want[0][b, :n], rtol=1e-4, atol=1e-4)
 
 
 def test_the_oracle_sees_a_wrong_eps(opset17):
@@ -179,6 +186,20 @@ def test_the_oracle_sees_a_wrong_eps(opset17):
     with pytest.raises(AssertionError):
         np.testing.assert_allclose(_run_rewritten(after, feeds, eps_offset=1e-3)[0], want,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_an_attention_that_computes_something_else_is_left(opset17):
+    """The numbers decide: a score scale off by 10 % matches every anchor, and is left."""
+    before = onnx.load(opset17)
+    div = next(n for n in before.graph.node if n.name == "/encoders.0/self_attn/Div")
+    const = next(n for n in before.graph.node if div.input[1] in n.output)
+    value = numpy_helper.to_array(const.attribute[0].t) * 1.1
+    const.attribute[0].t.CopyFrom(numpy_helper.from_array(value.astype(np.float32)))
+    after, report = rewrite(before)
+    left, = [e for e in report.left if e["kind"] == "relpos_attention"]
+    assert "computes none of the plugin's forms" in left["reason"]
+    assert "differs by" in left["reason"] and left["nodes"][0] == "/encoders.0/self_attn/Softmax"
+    assert _count(after, "ct_relpos_attention") == 1     # the other layer's
 
 
 # ---- near misses, built by hand --------------------------------------------------------------
