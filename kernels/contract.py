@@ -39,6 +39,16 @@ DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_TOLERANCE = {"float16": 1e-2, "bfloat16": 1e-2, "float32": 1e-5}
 
 
+def elt_size(dtype: str) -> int:
+    """Bytes per element of an activation dtype."""
+    return 4 if dtype == "float32" else 2
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two at least ``n`` (n >= 1): tile widths covering a dim."""
+    return 1 << (n - 1).bit_length()
+
+
 @dataclass(frozen=True)
 class Dim:
     """A named size or integer switch of the problem, with the range the kernel supports."""

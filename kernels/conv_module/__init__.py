@@ -32,7 +32,7 @@ import torch
 
 from .. import gpu as gpus
 from .. import launch
-from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec, elt_size, pow2
 from . import reference, triton_impl
 from .weights import fold_batchnorm, prepare_weights
 
@@ -41,14 +41,6 @@ __all__ = ["KERNEL", "conv_module", "fold_batchnorm", "prepare_weights"]
 HERE = Path(__file__).parent
 MAX_KERNEL = 63
 WEIGHTS = ("w1", "b1", "dw_w", "dw_b", "w2", "b2")
-
-
-def _pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _elt(dtype: str) -> int:
-    return 4 if dtype == "float32" else 2
 
 
 def _shape_error(shape) -> str | None:
@@ -78,7 +70,7 @@ STATIC_SMEM = 48 * 1024         # the CUDA stage's tile is static shared memory
 def _gemm_error(bm, bn, bk, warps, stages, n_b, extra_acc, shape, dtype, gpu) -> str | None:
     """A Triton GEMM tile: operands fit shared memory, accumulators fit registers.
     ``n_b`` B operands (2 for GLU's value and gate), ``extra_acc`` other fp32 values per row."""
-    width = _pow2(max(shape["D"], 16))
+    width = pow2(max(shape["D"], 16))
     if bn > width or bk > width:
         return f"a tile of {max(bn, bk)} channels is wider than D={shape['D']} needs"
     threads = 32 * warps
@@ -86,7 +78,7 @@ def _gemm_error(bm, bn, bk, warps, stages, n_b, extra_acc, shape, dtype, gpu) ->
         return f"{bm * (n_b * bn + extra_acc) // threads} fp32 values per thread would spill"
     # operand stages, plus the epilogue's staging of the output tile (a 64x64x64 x 2-stage
     # config that counted 221184 bytes without it needed 237568 on an H100 with Triton 3.6)
-    smem = (max(stages, 1) * (bm * bk + n_b * bk * bn) + bm * bn) * _elt(dtype)
+    smem = (max(stages, 1) * (bm * bk + n_b * bk * bn) + bm * bn) * elt_size(dtype)
     if smem > gpu.smem_per_block:
         return f"{smem} bytes of shared memory (the GPU has {gpu.smem_per_block})"
     return None
@@ -106,7 +98,7 @@ def _pw2_error(c, shape, dtype, gpu, fused):
 
 def _dw_error(c, shape, dtype, gpu):
     threads = 32 * c["WD"]
-    if c["BCD"] > _pow2(max(shape["D"], 16)):
+    if c["BCD"] > pow2(max(shape["D"], 16)):
         return f"BCD={c['BCD']} is wider than D={shape['D']} needs"
     if not threads <= c["BMD"] * c["BCD"] <= 32 * threads:
         return f"{c['BMD'] * c['BCD'] / threads:g} outputs per thread (1 to 32 allowed)"
@@ -115,16 +107,16 @@ def _dw_error(c, shape, dtype, gpu):
 
 def _cuda_dw_error(c, shape, dtype, gpu):
     tt, tc, vec, r, k = c["TT"], c["TC"], c["VEC"], c["R"], shape["K"]
-    if vec * _elt(dtype) > 16:
+    if vec * elt_size(dtype) > 16:
         return f"VEC={vec} {dtype} is wider than a 16-byte access"
     if shape["D"] % vec:
         return f"D={shape['D']} is not a multiple of VEC={vec}"
-    if tc < vec or r > tt or tc > max(_pow2(shape["D"]), 32):
+    if tc < vec or r > tt or tc > max(pow2(shape["D"]), 32):
         return "TC must be in [VEC, max(D, 32)] and R <= TT"
     threads = tc // vec * (tt // r)
     if threads % 32 or not 32 <= threads <= gpu.max_threads_per_block:
         return f"{threads} threads per block (a multiple of 32 up to the limit needed)"
-    smem = (tt + k) * tc * _elt(dtype)   # the halo tile and one row of fill values
+    smem = (tt + k) * tc * elt_size(dtype)   # the halo tile and one row of fill values
     if smem > STATIC_SMEM:
         return f"the halo tile needs {smem} bytes of static shared memory"
     # live registers: R x VEC accumulators plus about as many weights (weight j is needed only
@@ -173,7 +165,7 @@ LAUNCH_OPTIONS = ("W1", "S1", "WD", "W2", "S2")   # num_warps / num_stages of th
 
 def _staging_vector(config, shape, dtype) -> int:
     """Elements per access when the CUDA stage stages its tile: 16 bytes where D and TC allow."""
-    return next(v for v in (8, 4, 2, 1) if v * _elt(dtype) <= 16 and shape["D"] % v == 0
+    return next(v for v in (8, 4, 2, 1) if v * elt_size(dtype) <= 16 and shape["D"] % v == 0
                 and config["TC"] % v == 0)
 
 
@@ -183,7 +175,7 @@ def _constants(fuse_dw: int):
         if error:
             raise ValueError(f"conv_module: {error}")
         consts = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
-        consts.update(LEFT=_left(shape), ELT=_elt(dtype), FUSE_DW=fuse_dw)
+        consts.update(LEFT=_left(shape), ELT=elt_size(dtype), FUSE_DW=fuse_dw)
         for stage in ("1", "2"):
             consts["EVEN_K" + stage] = int(shape["D"] % config["BK" + stage] == 0)
         if "TT" in config:   # the CUDA stage's macros
@@ -258,7 +250,7 @@ def _make_inputs(shape, dtype, device, gen):
 
 
 def _cost(shape, dtype):
-    e = _elt(dtype)
+    e = elt_size(dtype)
     rows, d, k = shape["B"] * shape["T"], shape["D"], shape["K"]
     weights = (3 * d * d + 3 * d) * e + (d * k + d) * 4
     return Cost(bytes=2 * rows * d * e + weights + 4 * shape["B"],

@@ -11,30 +11,22 @@ from pathlib import Path
 import torch
 
 from .. import launch
-from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec, elt_size, pow2
 from . import triton_impl
 
 HERE = Path(__file__).parent
 MAX_ELEMS_PER_THREAD = 64   # beyond this the row no longer fits in registers without spilling
 
 
-def _pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _elt(dtype: str) -> int:
-    return 4 if dtype == "float32" else 2
-
-
 # ---- Triton --------------------------------------------------------------------------------
 
 def _triton_constants(config, shape, dtype):
-    return {"N": shape["hidden"], "BLOCK_N": _pow2(shape["hidden"]), "ROWS": config["ROWS"],
+    return {"N": shape["hidden"], "BLOCK_N": pow2(shape["hidden"]), "ROWS": config["ROWS"],
             "RESIDUAL": shape["with_residual"], "STREAM": config["STREAM"]}
 
 
 def _triton_valid(config, shape, dtype, gpu):
-    elems = config["ROWS"] * _pow2(shape["hidden"])
+    elems = config["ROWS"] * pow2(shape["hidden"])
     threads = 32 * config["num_warps"]
     if elems > MAX_ELEMS_PER_THREAD * threads:
         return f"{elems // threads} elements per thread would spill registers"
@@ -44,7 +36,7 @@ def _triton_valid(config, shape, dtype, gpu):
 
 
 def _triton_heuristic(shape, dtype, gpu):
-    block_n = _pow2(shape["hidden"])
+    block_n = pow2(shape["hidden"])
     rows = max(1, min(16, 2048 // block_n))
     warps = max(1, min(16, rows * block_n // 256))
     return {"ROWS": rows, "num_warps": warps, "STREAM": 0}
@@ -75,7 +67,7 @@ def _cuda_valid(config, shape, dtype, gpu):
     n, vec = shape["hidden"], config["VEC"]
     tpr = 32 * config["WARPS_PER_ROW"]
     threads = tpr * config["ROWS_PER_BLOCK"]
-    if vec * _elt(dtype) > 16:
+    if vec * elt_size(dtype) > 16:
         return f"VEC={vec} {dtype} is wider than a 16-byte access"
     if n % vec:
         return f"hidden={n} is not a multiple of VEC={vec}"
@@ -92,8 +84,8 @@ def _cuda_valid(config, shape, dtype, gpu):
 def _cuda_heuristic(shape, dtype, gpu):
     n = shape["hidden"]
     vec = next(v for v in (8, 4, 2, 1)
-               if v == 1 or (v * _elt(dtype) <= 16 and n % v == 0 and n // v >= 16))
-    warps = max(1, min(32, _pow2(-(-n // (vec * 32 * 4)))))   # about 4 accesses per thread
+               if v == 1 or (v * elt_size(dtype) <= 16 and n % v == 0 and n // v >= 16))
+    warps = max(1, min(32, pow2(-(-n // (vec * 32 * 4)))))   # about 4 accesses per thread
     rows = max(1, min(16, 256 // (32 * warps)))
     return {"VEC": vec, "WARPS_PER_ROW": warps, "ROWS_PER_BLOCK": rows, "STREAM": 0}
 
@@ -141,7 +133,7 @@ def _make_inputs(shape, dtype, device, gen):
 
 
 def _cost(shape, dtype):
-    e, rows, n = _elt(dtype), shape["rows"], shape["hidden"]
+    e, rows, n = elt_size(dtype), shape["rows"], shape["hidden"]
     streams = 4 if shape["with_residual"] else 2           # read x (and r), write y (and x + r)
     return Cost(bytes=streams * rows * n * e + 2 * n * e, flops=8 * rows * n)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import launch
-from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec, elt_size, pow2
 from ..layernorm import TRITON as LN_TRITON
 from . import triton_impl
 
@@ -23,7 +23,7 @@ HERE = Path(__file__).parent
 
 def _constants(config, shape, dtype):
     n = shape["hidden"]
-    return {"N": n, "BLOCK_N": 1 << (n - 1).bit_length(), "ROWS": config["ROWS"],
+    return {"N": n, "BLOCK_N": pow2(n), "ROWS": config["ROWS"],
             "STREAM": config["STREAM"]}
 
 
@@ -73,7 +73,7 @@ def _make_inputs(shape, dtype, device, gen):
 
 
 def _cost(shape, dtype):
-    e = 4 if dtype == "float32" else 2
+    e = elt_size(dtype)
     rows, n = shape["rows"], shape["hidden"]
     return Cost(bytes=4 * rows * n * e + 4 * n * e, flops=16 * rows * n)
 

@@ -12,19 +12,11 @@ import torch
 
 from .. import gpu as gpus
 from .. import launch
-from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec, elt_size, pow2
 from . import triton_impl
 
 HERE = Path(__file__).parent
 MAX_ACC_PER_THREAD = 128    # fp32 accumulators a thread holds without spilling
-
-
-def _pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def _elt(dtype: str) -> int:
-    return 4 if dtype == "float32" else 2
 
 
 def _constants(config, shape, dtype):
@@ -35,13 +27,13 @@ def _constants(config, shape, dtype):
 
 def _valid(config, shape, dtype, gpu):
     bm, bn, bk = config["BM"], config["BN"], config["BK"]
-    if bn > _pow2(max(shape["N"], 16)) or bk > _pow2(max(shape["K"], 16)):
+    if bn > pow2(max(shape["N"], 16)) or bk > pow2(max(shape["K"], 16)):
         return f"a {bn}x{bk} weight tile is larger than N={shape['N']}, K={shape['K']} need"
     threads = 32 * config["num_warps"]
     if bm * bn > MAX_ACC_PER_THREAD * threads:
         return f"{bm * bn // threads} fp32 accumulators per thread would spill"
     # operand stages plus the epilogue's staging of the output tile
-    smem = (config["num_stages"] * (bm + bn) * bk + bm * bn) * _elt(dtype)
+    smem = (config["num_stages"] * (bm + bn) * bk + bm * bn) * elt_size(dtype)
     limit = gpu.smem_per_block if gpu else gpus.by_name("a10").smem_per_block
     if smem > limit:
         return f"{smem} bytes of shared memory (the GPU has {limit})"
@@ -58,7 +50,7 @@ PREFERRED = ({"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8, "num_warps": 8, "num
 
 
 def _heuristic(shape, dtype, gpu):
-    n, k = _pow2(max(shape["N"], 16)), _pow2(max(shape["K"], 16))
+    n, k = pow2(max(shape["N"], 16)), pow2(max(shape["K"], 16))
     for preferred in PREFERRED:   # narrow layers: the tile shrinks to the layer
         config = {**preferred, "BN": min(preferred["BN"], n), "BK": min(preferred["BK"], k)}
         if _valid(config, shape, dtype, gpu) is None:
@@ -101,7 +93,7 @@ def _make_inputs(shape, dtype, device, gen):
 
 def _cost(shape, dtype):
     m, n, k = shape["M"], shape["N"], shape["K"]
-    return Cost(bytes=(m * k + n * k + n + m * n) * _elt(dtype), flops=2 * m * n * k + 4 * m * n)
+    return Cost(bytes=(m * k + n * k + n + m * n) * elt_size(dtype), flops=2 * m * n * k + 4 * m * n)
 
 
 def _tune_shapes(dims):

@@ -20,16 +20,12 @@ from pathlib import Path
 import torch
 
 from .. import launch
-from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
+from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec, elt_size, pow2
 from . import reference, triton_impl
 
 HERE = Path(__file__).parent
 HEAD_DIMS = (32, 64, 128)
 MAX_WORDS_PER_THREAD = 256   # live 32-bit words per thread beyond which the tiles surely spill
-
-
-def _pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
 
 
 def _check_head_dim(dk: int) -> None:
@@ -60,14 +56,14 @@ def _triton_valid(config, shape, dtype, gpu):
                               shape["DK"], shape["rel"])
     if rel == 1 and bm > bn:
         return "BLOCK_M > BLOCK_N: the position band would not fit in two key chunks"
-    if max(bm, bn) > max(16, _pow2(shape["T"])):
+    if max(bm, bn) > max(16, pow2(shape["T"])):
         return "a block longer than the sequence"
     if -(-shape["T"] // bm) * shape["B"] * shape["H"] > 2**31 - 1:
         return "more than 2^31-1 programs"
     threads = 32 * warps
     if bm * bn < 4 * threads:
         return "fewer than 4 scores per thread"
-    e = 4 if dtype == "float32" else 2
+    e = elt_size(dtype)
     # fp32 accumulator, q (+u, +v) as operands, and the fp32 score-sized tiles in flight
     words = (bm * dk + (2 if rel else 1) * bm * dk * e // 4
              + (3 if rel else 2) * bm * bn) // threads
@@ -85,7 +81,7 @@ def _triton_heuristic(shape, dtype, gpu):
     """64x64 blocks, 4 warps, 3 stages: the fastest of the H100 sweeps for d_k 32, 64 and 128,
     T 500 and 2000, with and without relative positions (BENCHMARKS.md); smaller blocks for
     short T, fewer stages where shared memory is smaller (A10, L4)."""
-    block = max(16, min(64, _pow2(shape["T"])))
+    block = max(16, min(64, pow2(shape["T"])))
     for stages in (3, 2, 1):
         config = {"BLOCK_M": block, "BLOCK_N": block, "num_warps": 4 if block >= 32 else 2,
                   "num_stages": stages}
@@ -148,7 +144,7 @@ def _cost(shape, dtype):
     """Reads q, k, v (and p, biases), writes out; flops of q.k^T and P.v (and the T x T position
     scores) over every (query, key) pair, padding included."""
     b, t, h, dk, rel = shape["B"], shape["T"], shape["H"], shape["DK"], shape["rel"]
-    e = 4 if dtype == "float32" else 2
+    e = elt_size(dtype)
     data = 4 * b * t * h * dk * e + bool(rel) * (_p_rows(t, rel) + 2) * h * dk * e + 4 * b
     return Cost(bytes=data, flops=(4 + 2 * bool(rel)) * b * h * t * t * dk)
 
