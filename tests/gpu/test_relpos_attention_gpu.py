@@ -1,4 +1,5 @@
 """Relative-position attention on the GPU: T from 1 to 2000 and odd, every head dim and dtype,
+all three position forms (ESPnet, WeNet legacy, plain),
 ragged lengths with an empty sequence, chunk masks, a sample of the config space, plain attention
 against SDPA, and a batch whose element offsets pass 2^31."""
 
@@ -36,16 +37,30 @@ def test_plain_attention(t):
     _check(_shape(t=t, rel=0), "float16")
 
 
-@pytest.mark.parametrize("rel", [1, 0])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dk", [32, 64, 128])
+@pytest.mark.parametrize("t", [1, 333, 2000])
+def test_wenet_legacy_form(t, dk, dtype):
+    _check(_shape(t=t, dk=dk, rel=2), dtype, seed=t + dk)
+
+
+@pytest.mark.parametrize("rel", [0, 1, 2])
+@pytest.mark.parametrize("t", [1, 333, 1000])
+def test_float32(t, rel):
+    _check(_shape(t=t, rel=rel), "float32", seed=t + rel)
+
+
+@pytest.mark.parametrize("rel", [1, 0, 2])
 @pytest.mark.parametrize("chunk, left", [(1, -1), (16, -1), (16, 0), (16, 2), (64, 1), (300, -1)])
 def test_chunk_masks(chunk, left, rel):
     _check(_shape(t=257, chunk=chunk, left=left, rel=rel), "float16", seed=chunk)
 
 
-def test_sample_of_the_config_space():
-    shape = _shape(t=300)
-    for i, config in enumerate(random_valid_configs(TRITON, shape, count=24)):
-        _check(shape, "float16", config, seed=i)
+@pytest.mark.parametrize("rel, dtype", [(1, "float16"), (2, "float16"), (1, "float32")])
+def test_sample_of_the_config_space(rel, dtype):
+    shape = _shape(t=300, rel=rel)
+    for i, config in enumerate(random_valid_configs(TRITON, shape, count=24, dtype=dtype)):
+        _check(shape, dtype, config, seed=i)
 
 
 def test_plain_attention_equals_sdpa():
