@@ -35,8 +35,12 @@ def test_matches_float64(dtype, tol):
 def test_every_config_dimension_reaches_the_kernel():
     x, w, b = _inputs(70, 40, 48)
     ref = torch.nn.functional.silu(x.double() @ w.double().T + b.double())
-    for config in ({"BM": 32, "BN": 32, "BK": 16, "GROUP_M": 1, "num_warps": 4, "num_stages": 2},
-                   {"BM": 64, "BN": 64, "BK": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}):
+    for config in ({"BM": 32, "BN": 32, "BK": 16, "GROUP_M": 1, "num_warps": 4, "num_stages": 2,
+                    "TILES": 1},
+                   {"BM": 32, "BN": 16, "BK": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3,
+                    "TILES": 8},      # 3 x 3 tiles over 2 programs: one does 5, one 4
+                   {"BM": 64, "BN": 64, "BK": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3,
+                    "TILES": 2}):
         assert _rel(linear_silu(x, w, b, config=config).cpu(), ref.cpu()) < 1e-5, config
 
 
@@ -54,7 +58,7 @@ def test_bad_input_is_refused_before_launch():
         linear_silu(x, w, None)
     with pytest.raises(ValueError, match="not one of"):
         linear_silu(x, w, b, config={"BM": 48, "BN": 32, "BK": 16, "GROUP_M": 1,
-                                     "num_warps": 4, "num_stages": 2})
+                                     "num_warps": 4, "num_stages": 2, "TILES": 1})
 
 
 def test_validity_rule_refuses_what_cannot_fit():
@@ -62,11 +66,25 @@ def test_validity_rule_refuses_what_cannot_fit():
     from kernels import gpu
     a10, h100 = gpu.by_name("a10"), gpu.by_name("h100")
     shape = {"M": 16000, "N": 1024, "K": 256}
-    big = {"BM": 256, "BN": 256, "BK": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 5}
+    big = {"BM": 256, "BN": 256, "BK": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 5,
+           "TILES": 1}
     assert "shared memory" in impl.valid({**big, "BM": 128}, shape, "float16", h100)
     assert "spill" in impl.valid({**big, "num_warps": 4}, shape, "float16", h100)
     assert "larger than" in impl.valid({**big, "BN": 256}, {**shape, "N": 100}, "float16", h100)
-    tuned_h100 = {"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+    tuned_h100 = {"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3,
+                  "TILES": 4}
     assert impl.valid(tuned_h100, shape, "float16", h100) is None
     assert "shared memory" in impl.valid(tuned_h100, shape, "float16", a10)
     assert impl.valid(impl.heuristic(shape, "float16", a10), shape, "float16", a10) is None
+
+
+def test_heuristic_fills_the_gpu_with_about_two_programs_per_multiprocessor():
+    from kernels import gpu
+    impl, shape = KERNEL.impl("triton"), {"M": 16000, "N": 1024, "K": 256}
+    h100 = gpu.by_name("h100")
+    config = impl.heuristic(shape, "float16", h100)
+    tiles = -(-16000 // config["BM"]) * -(-1024 // config["BN"])
+    programs = -(-tiles // config["TILES"])
+    assert config["TILES"] > 1 and 1.8 * h100.sms <= programs <= 4 * h100.sms, config
+    assert impl.heuristic({**shape, "M": 64}, "float16", h100)["TILES"] == 1
+    assert impl.heuristic(shape, "float16", None)["TILES"] == 1
