@@ -10,14 +10,20 @@ import onnx
 from onnx import helper
 
 import kernels
+from kernels.int4_gemm.packing import GROUPS as INT4_GROUPS
 from plugin_gen.codegen import plugin_name
 
 from . import attention, conv_module, layernorm
+from . import ffn_gemm as ffn_gemm_module
 from .graph import Graph, label
 from .match import Left, Match
 
 DOMAIN = "trt.plugins"      # the custom-op domain of TensorRT plugins (onnxruntime's TRT EP too)
 MIN_OPSET = 13
+
+
+def ffn_gemm_forms() -> tuple[str, ...]:
+    return tuple(ffn_gemm_module.KERNELS)
 
 
 class RewriteError(ValueError):
@@ -137,15 +143,23 @@ def _base(nodes: list[onnx.NodeProto]) -> str:
     return name[:name.rfind("/")] if "/" in name else name
 
 
-def rewrite(model: onnx.ModelProto, library: Library | None = None
-            ) -> tuple[onnx.ModelProto, Report]:
+def rewrite(model: onnx.ModelProto, library: Library | None = None, ffn_gemm: str | None = None,
+            int4_group: int = 128, int4_sym: bool = False) -> tuple[onnx.ModelProto, Report]:
     """A copy of ``model`` with every LayerNorm, conv module and attention that fits a plugin
-    replaced by a plugin node, and the report. Raises RewriteError for a model it cannot handle."""
+    replaced by a plugin node, and the report. ``ffn_gemm`` ("int4" or "sparse24") also replaces
+    the feed-forward modules' Linears (INT4: quantised per ``int4_group`` input channels,
+    asymmetric unless ``int4_sym``). Raises RewriteError for a model it cannot handle."""
+    if ffn_gemm not in (None, *ffn_gemm_forms()):
+        raise RewriteError(f"ffn_gemm must be one of {ffn_gemm_forms()}, got {ffn_gemm!r}")
+    if ffn_gemm == "int4" and int4_group not in INT4_GROUPS:
+        raise RewriteError(f"the INT4 group size must be one of {INT4_GROUPS}, got {int4_group}")
     check_opset(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = Graph(out, onnx.shape_inference.infer_shapes(model))
     candidates = layernorm.find(g) + conv_module.find(g) + attention.find(g)
+    if ffn_gemm:
+        candidates += ffn_gemm_module.find(g, ffn_gemm, int4_group, not int4_sym)
     report = Report()
     claimed: set[int] = set()
     for cand in candidates:

@@ -102,7 +102,8 @@ def _run_original(model, feeds):
 
 
 def _run_rewritten(model, feeds, eps_offset=0.0):
-    ops = [_plugin_op(n, eps_offset) for n in ("layernorm", "conv_module", "relpos_attention")]
+    ops = [_plugin_op(n, eps_offset) for n in ("layernorm", "conv_module", "relpos_attention",
+                                                "int4_gemm", "sparse24_gemm")]
     return ReferenceEvaluator(model, new_ops=ops).run(None, feeds)
 
 
