@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU machine is needed for, in one command, by phase:
 #
-#   bash scripts/gpu_session.sh tests          # GPU correctness tests (pytest -m gpu)
+#   bash scripts/gpu_session.sh tests          # GPU correctness tests (pytest -m gpu; TESTS_DIST=load
+#                                                spreads one long file over the 8 workers)
 #   bash scripts/gpu_session.sh tune bench     # tune LayerNorm (issue 3's figures), then benchmark
 #       (BENCH_FILES="layernorm conv_module" picks files; DEADLINE=S stops starting them after S s;
 #        BENCH_K_<file>=EXPR filters one file's benchmarks; TUNE_MORE_D="512 1024" tunes more hidden
@@ -32,7 +33,7 @@ summary=()
 phase_tests() {   # TESTS: which tests (default all but the benchmarks), TESTS_K: a -k filter
   local t0=$SECONDS
   timeout ${TESTS_TIMEOUT:-540} python3 -m pytest -q -p no:cacheprovider -m "not bench" ${TESTS:-tests} \
-      ${TESTS_K:+-k "$TESTS_K"} -n 8 --dist loadfile \
+      ${TESTS_K:+-k "$TESTS_K"} -n 8 --dist ${TESTS_DIST:-loadfile} \
       --junitxml="$OUT/gpu.xml" -rfEs 2>&1 | tee "$OUT/gpu.log" | tail -40
   summary+=("tests: $(tail -1 "$OUT/gpu.log") ($((SECONDS - t0)) s)")
 }

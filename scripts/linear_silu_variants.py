@@ -16,7 +16,7 @@ import triton.language as tl
 
 from kernels import launch, timing
 from kernels.linear_silu import KERNEL as K
-from kernels.linear_silu.triton_impl import _tile
+from kernels.triton_gemm import _tile
 
 @triton.jit
 def _epi(acc, BIAS, cols):

@@ -81,6 +81,21 @@ def test_padded_frames_never_leak(device, impl):
     assert torch.equal(clamped, clean)
 
 
+@pytest.mark.parametrize("tiles", [1, 2, 8])
+def test_every_gemm_tile_is_computed(device, tiles):
+    """Several row and column tiles per GEMM, a K loop with a masked last step (D = 40 is not a
+    multiple of BK = 16), and, in the persistent pw2, programs that walk several tiles (2 x 3
+    tiles over TILES2 = 2 or 8 per program: 3 programs of 2, or one of 6)."""
+    m = _module(d=40, k=7)
+    w = {k: v.to(device) for k, v in prepare_weights(m.state_dict()).items()}
+    x, lengths = _x(3, 11, 40, device), torch.tensor([11, 6, 2], dtype=torch.int32)
+    config = {"BM1": 32, "BN1": 16, "BK1": 16, "W1": 4, "S1": 2,
+              "BMD": 16, "BCD": 16, "WD": 1,
+              "BM2": 32, "BN2": 16, "BK2": 16, "W2": 4, "S2": 2, "TILES2": tiles}
+    y = conv_module(x, lengths.to(device), w, impl="triton", config=config)
+    assert _rel(y.cpu(), m.double()(x.double().cpu(), lengths)) < 1e-5
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_mask_after_glu_makes_output_independent_of_padding(device, causal):
     m = _module(causal=causal)
@@ -164,3 +179,16 @@ def test_prepare_weights_checks_the_state():
     w = prepare_weights(no_bias, torch.float16)
     assert w["b1"].dtype == torch.float16 and (w["b1"] == 0).all()
     assert w["dw_w"].dtype == torch.float32 and w["dw_w"].shape == (16, 5)
+
+
+def test_pw2_heuristic_fills_the_gpu_with_about_two_programs_per_multiprocessor():
+    from kernels import gpu
+    from kernels.conv_module import KERNEL
+    impl, h100 = KERNEL.impl("cuda_dw"), gpu.by_name("h100")
+    shape = {"B": 32, "T": 2000, "D": 256, "K": 31, "causal": 0, "mask_after_glu": 0}
+    config = impl.heuristic(shape, "float16", h100)
+    tiles = -(-32 * 2000 // config["BM2"]) * -(-256 // config["BN2"])
+    programs = -(-tiles // config["TILES2"])
+    assert config["TILES2"] > 1 and 1.8 * h100.sms <= programs <= 4 * h100.sms, config
+    assert impl.heuristic({**shape, "T": 20}, "float16", h100)["TILES2"] == 1
+    assert impl.heuristic(shape, "float16", None)["TILES2"] == 1

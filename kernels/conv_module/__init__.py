@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .. import gpu as gpus
-from .. import launch
+from .. import launch, triton_gemm
 from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec, elt_size, pow2
 from . import reference, triton_impl
 from .weights import fold_batchnorm, prepare_weights
@@ -46,6 +46,8 @@ WEIGHTS = ("w1", "b1", "dw_w", "dw_b", "w2", "b2")
 def _shape_error(shape) -> str | None:
     if not shape["causal"] and shape["K"] % 2 == 0:
         return f"'same' padding needs an odd kernel size, got K={shape['K']}"
+    if shape["B"] * shape["T"] >= 2**31:
+        return f"B x T = {shape['B'] * shape['T']} frames; fewer than 2^31 are supported"
     return None
 
 
@@ -58,8 +60,10 @@ def _left(shape) -> int:
 TILE = (16, 32, 64, 128, 256)
 PW1_SPACE = {"BM1": (32, 64, 128, 256), "BN1": TILE, "BK1": (16, 32, 64, 128),
              "W1": (4, 8), "S1": (1, 2, 3, 4)}
-PW2_SPACE = {"BM2": (32, 64, 128, 256), "BN2": TILE, "BK2": (16, 32, 64, 128),
-             "W2": (4, 8), "S2": (1, 2, 3, 4)}
+FUSED_SPACE = {"BM2": (32, 64, 128, 256), "BN2": TILE, "BK2": (16, 32, 64, 128),
+               "W2": (4, 8), "S2": (1, 2, 3, 4)}
+PW2_SPACE = {**FUSED_SPACE, "TILES2": triton_gemm.TILES}
+GROUP_M = 8                     # row tiles that sweep the columns together (triton_gemm.py)
 DW_SPACE = {"BMD": (8, 16, 32, 64), "BCD": (16, 32, 64, 128, 256), "WD": (1, 2, 4, 8)}
 CUDA_DW_SPACE = {"TT": (16, 32, 64, 128), "TC": (16, 32, 64, 128, 256), "VEC": (1, 2, 4, 8),
                  "R": (2, 4, 8, 16, 32)}
@@ -116,7 +120,8 @@ def _cuda_dw_error(c, shape, dtype, gpu):
     threads = tc // vec * (tt // r)
     if threads % 32 or not 32 <= threads <= gpu.max_threads_per_block:
         return f"{threads} threads per block (a multiple of 32 up to the limit needed)"
-    smem = (tt + k) * tc * elt_size(dtype)   # the halo tile and one row of fill values
+    # the halo tile, one row of fill values and the transposed fp32 weights
+    smem = (tt + k) * tc * elt_size(dtype) + k * (tc + 1) * 4
     if smem > STATIC_SMEM:
         return f"the halo tile needs {smem} bytes of static shared memory"
     # live registers: R x VEC accumulators plus about as many weights (weight j is needed only
@@ -130,10 +135,13 @@ def _cuda_dw_error(c, shape, dtype, gpu):
 class _Stage:
     """One launch's share of an impl's config: its parameters, the usual best values (tried
     first), and its validity rule. Stages are independent, so an impl's heuristic picks each
-    stage's first valid config on its own."""
+    stage's first valid config on its own. The persistent GEMM stage names its suffix
+    (``persist``), whose tiles-per-program parameter TILES<suffix> the heuristic sets so that
+    about two programs run on every multiprocessor."""
     space: Mapping[str, tuple[int, ...]]
     first: Mapping[str, int]
     error: Callable
+    persist: str = ""
 
     def heuristic(self, shape, dtype, gpu) -> dict[str, int]:
         spec = gpu or gpus.by_name("a10")   # no GPU: the smallest limits of the supported ones
@@ -142,19 +150,24 @@ class _Stage:
         for values in itertools.product(*prefs):
             config = dict(zip(self.space, values))
             if self.error(config, shape, dtype, spec) is None:
+                if self.persist:
+                    n = self.persist
+                    tiles = (-(-shape["B"] * shape["T"] // config["BM" + n])
+                             * -(-shape["D"] // config["BN" + n]))
+                    config["TILES" + n] = triton_gemm.tiles_per_program(tiles, gpu)
                 return config
         raise ValueError(f"conv_module: no valid config of {list(self.space)} for "
                          f"{dict(shape)} {dtype}")
 
 
-# The usual best values: the fastest of each stage in sweeps on an H100 (Triton 3.6) at
-# B=32 T=500 D=256 K=31 fp16.
+# The usual best values at B=32 T=500 D=256 K=31 fp16: pw2's from an H200 sweep
+# (scripts/conv_module_sweep.py, Triton 3.6), the others' from per-stage sweeps on an H100.
 PW1_STAGE = _Stage(PW1_SPACE, {"BM1": 128, "BN1": 64, "BK1": 64, "W1": 8, "S1": 3}, _pw1_error)
 DW_STAGE = _Stage(DW_SPACE, {"BMD": 16, "BCD": 128, "WD": 4}, _dw_error)
 CUDA_DW_STAGE = _Stage(CUDA_DW_SPACE, {"TT": 64, "TC": 32, "VEC": 1, "R": 16}, _cuda_dw_error)
-PW2_STAGE = _Stage(PW2_SPACE, {"BM2": 128, "BN2": 128, "BK2": 32, "W2": 4, "S2": 4},
-                   functools.partial(_pw2_error, fused=False))
-FUSED_STAGE = _Stage(PW2_SPACE, {"BM2": 64, "BN2": 256, "BK2": 64, "W2": 8, "S2": 1},
+PW2_STAGE = _Stage(PW2_SPACE, {"BM2": 128, "BN2": 128, "BK2": 64, "W2": 4, "S2": 3,
+                               "TILES2": 1}, functools.partial(_pw2_error, fused=False), "2")
+FUSED_STAGE = _Stage(FUSED_SPACE, {"BM2": 64, "BN2": 256, "BK2": 64, "W2": 8, "S2": 1},
                      functools.partial(_pw2_error, fused=True))
 
 
@@ -169,21 +182,19 @@ def _staging_vector(config, shape, dtype) -> int:
                 and config["TC"] % v == 0)
 
 
-def _constants(fuse_dw: int):
-    def constants(config, shape, dtype):
-        error = _shape_error(shape)
-        if error:
-            raise ValueError(f"conv_module: {error}")
-        consts = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
-        consts.update(LEFT=_left(shape), ELT=elt_size(dtype), FUSE_DW=fuse_dw)
-        for stage in ("1", "2"):
-            consts["EVEN_K" + stage] = int(shape["D"] % config["BK" + stage] == 0)
-        if "TT" in config:   # the CUDA stage's macros
-            consts.update(CH=shape["D"], KS=shape["K"], IS_CAUSAL=shape["causal"],
-                          MASK_AFTER_GLU=shape["mask_after_glu"],
-                          LVEC=_staging_vector(config, shape, dtype))
-        return consts
-    return constants
+def _constants(config, shape, dtype):
+    error = _shape_error(shape)
+    if error:
+        raise ValueError(f"conv_module: {error}")
+    consts = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
+    consts.update(LEFT=_left(shape), ELT=elt_size(dtype), GROUP_M=GROUP_M)
+    for stage in ("1", "2"):
+        consts["EVEN_K" + stage] = int(shape["D"] % config["BK" + stage] == 0)
+    if "TT" in config:   # the CUDA stage's macros
+        consts.update(CH=shape["D"], KS=shape["K"], IS_CAUSAL=shape["causal"],
+                      MASK_AFTER_GLU=shape["mask_after_glu"],
+                      LVEC=_staging_vector(config, shape, dtype))
+    return consts
 
 
 PW1 = Launch("pw1_glu", ("cdiv(B * T, BM1)", "cdiv(D, BN1)", "1"),
@@ -193,19 +204,18 @@ DW = Launch("dw_swish", ("cdiv(B * T, BMD)", "cdiv(D, BCD)", "1"),
             ("h", "lengths", "b1", "dw_w", "dw_b", "z", *_DW_ARGS), num_warps="WD")
 CUDA_DW = Launch("conv_dw_silu", ("cdiv(T, TT)", "B", "cdiv(D, TC)"),
                  ("h", "lengths", "b1", "dw_w", "dw_b", "z", "T"), threads="TC // VEC * (TT // R)")
+PW2 = Launch("pw2", ("cdiv(cdiv(B * T, BM2) * cdiv(D, BN2), TILES2)", "1", "1"),
+             ("z", "lengths", "w2", "b2", "y", "B", "T", "D"), num_warps="W2", num_stages="S2")
+PW2_FUSED = Launch("pw2_fused", ("cdiv(B * T, BM2)", "cdiv(D, BN2)", "1"),
+                   ("h", "lengths", "b1", "dw_w", "dw_b", "w2", "b2", "y", *_DW_ARGS),
+                   num_warps="W2", num_stages="S2")
 
-
-def _pw2(source: str) -> Launch:
-    return Launch("pw2", ("cdiv(B * T, BM2)", "cdiv(D, BN2)", "1"),
-                  (source, "lengths", "b1", "dw_w", "dw_b", "w2", "b2", "y", *_DW_ARGS),
-                  num_warps="W2", num_stages="S2")
-
-
-FNS = {"pw1_glu": triton_impl.pw1_glu, "dw_swish": triton_impl.dw_swish, "pw2": triton_impl.pw2}
+FNS = {"pw1_glu": triton_impl.pw1_glu, "dw_swish": triton_impl.dw_swish, "pw2": triton_impl.pw2,
+       "pw2_fused": triton_impl.pw2_fused}
 WORKSPACE = "B * T * D * ELT"
 
 
-def _impl(name, sources, stages, launches, fuse_dw, workspaces) -> Impl:
+def _impl(name, sources, stages, launches, workspaces) -> Impl:
     def valid(config, shape, dtype, gpu):
         for error in (_shape_error(shape), *(s.error(config, shape, dtype, gpu) for s in stages)):
             if error:
@@ -217,19 +227,19 @@ def _impl(name, sources, stages, launches, fuse_dw, workspaces) -> Impl:
 
     return Impl(name=name, sources=sources, launches=launches,
                 space={k: v for s in stages for k, v in s.space.items()},
-                constants=_constants(fuse_dw), valid=valid, heuristic=heuristic, fns=FNS,
+                constants=_constants, valid=valid, heuristic=heuristic, fns=FNS,
                 workspaces=tuple((w, WORKSPACE) for w in workspaces))
 
 
-TRITON_SOURCES = (HERE.parent / "triton_common.py", HERE / "triton_impl.py")
-TRITON = _impl("triton", TRITON_SOURCES, (PW1_STAGE, DW_STAGE, PW2_STAGE),
-               (PW1, DW, _pw2("z")), 0, ("h", "z"))
+TRITON_SOURCES = (HERE.parent / "triton_common.py", HERE.parent / "triton_gemm.py",
+                  HERE / "triton_impl.py")
+TRITON = _impl("triton", TRITON_SOURCES, (PW1_STAGE, DW_STAGE, PW2_STAGE), (PW1, DW, PW2),
+               ("h", "z"))
 CUDA_DW_IMPL = _impl("cuda_dw", (*TRITON_SOURCES, HERE.parent / "cuda_common.cuh",
                                  HERE / "conv_dw.cu"),
-                     (PW1_STAGE, CUDA_DW_STAGE, PW2_STAGE), (PW1, CUDA_DW, _pw2("z")), 0,
-                     ("h", "z"))
-TRITON_FUSED = _impl("triton_fused", TRITON_SOURCES, (PW1_STAGE, FUSED_STAGE),
-                     (PW1, _pw2("h")), 1, ("h",))
+                     (PW1_STAGE, CUDA_DW_STAGE, PW2_STAGE), (PW1, CUDA_DW, PW2), ("h", "z"))
+TRITON_FUSED = _impl("triton_fused", TRITON_SOURCES, (PW1_STAGE, FUSED_STAGE), (PW1, PW2_FUSED),
+                     ("h",))
 
 
 # ---- the declaration -----------------------------------------------------------------------

@@ -14,7 +14,10 @@
 // with all of a thread's loads in flight together; each thread then slides over its R output
 // frames with R x VEC accumulators in registers: every staged value is read once per thread and
 // used up to KS times, and weight j is loaded once and live only while the window passes frames
-// j .. j+R-1. Grid: (ceil(T / TT), B, ceil(CH / TC)); CH % LVEC == 0, TC % LVEC == 0.
+// j .. j+R-1. The block's weights are staged too, transposed to [KS][TC + 1], from one coalesced
+// read of dw_w's contiguous [TC x KS] slice: read per thread from global memory, each weight load
+// of a warp touched as many cache lines as the warp has channels (dw_w is [CH, KS]).
+// Grid: (ceil(T / TT), B, ceil(CH / TC)); CH % LVEC == 0, TC % LVEC == 0.
 
 #define HALO (KS - 1)
 #define ROWS (TT + HALO)
@@ -34,11 +37,16 @@ conv_dw_silu(const ct_t* __restrict__ h, const int* __restrict__ lengths,
              const float* __restrict__ dw_b, ct_t* __restrict__ z, int T) {
   __shared__ __align__(16) ct_t tile[ROWS][TC];
   __shared__ __align__(16) ct_t fill[TC];  // glu(b1): a masked input frame at the conv (WeNet)
+  __shared__ float wt[KS][TC + 1];          // dw_w[c0 + i][j] at wt[j][i], padded against conflicts
   const int t0 = blockIdx.x * TT;
   const int c0 = blockIdx.z * TC;
   const int len = min(max(lengths[blockIdx.y], 0), T);
   const ct_i64 base = (ct_i64)blockIdx.y * T;
 
+  for (int i = threadIdx.x; i < TC * KS; i += THREADS) {
+    const int ci = i / KS, j = i % KS;
+    wt[j][ci] = c0 + ci < CH ? dw_w[(ct_i64)c0 * KS + i] : 0.f;
+  }
   if (!MASK_AFTER_GLU) {
     for (int i = threadIdx.x; i < TC; i += THREADS) {
       const int c = c0 + i;
@@ -77,7 +85,7 @@ conv_dw_silu(const ct_t* __restrict__ h, const int* __restrict__ lengths,
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
 #pragma unroll
-      for (int j = 0; j < KS; ++j) w[k][j] = dw_w[(c + k) * KS + j];
+      for (int j = 0; j < KS; ++j) w[k][j] = wt[j][cv * VEC + k];
 #pragma unroll
       for (int i = 0; i < R; ++i) acc[i][k] = dw_b[c + k];
     }

@@ -13,6 +13,7 @@ import torch
 from .. import gpu as gpus
 from .. import launch
 from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec, elt_size, pow2
+from .. import triton_gemm
 from . import triton_impl
 
 HERE = Path(__file__).parent
@@ -47,32 +48,23 @@ PREFERRED = ({"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8, "num_warps": 4, "num
              {"BM": 128, "BN": 128, "BK": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3},
              {"BM": 64, "BN": 64, "BK": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 2},
              {"BM": 32, "BN": 32, "BK": 16, "GROUP_M": 1, "num_warps": 4, "num_stages": 2})
-TILES = (1, 2, 4, 8)          # tiles per program
-PROGRAMS_PER_SM = 2           # what two of the preferred tiles' shared memory allows on Hopper
-
-
-def _tiles_per_program(config, shape, gpu):
-    """The most tiles per program that still leaves about PROGRAMS_PER_SM programs on every
-    multiprocessor (one tile each when the GPU is not known)."""
-    tiles = -(-shape["M"] // config["BM"]) * -(-shape["N"] // config["BN"])
-    want = 0.9 * PROGRAMS_PER_SM * gpu.sms if gpu else tiles
-    return max([t for t in TILES if -(-tiles // t) >= want] or [1])
-
-
 def _heuristic(shape, dtype, gpu):
     n, k = pow2(max(shape["N"], 16)), pow2(max(shape["K"], 16))
     for preferred in PREFERRED:   # narrow layers: the tile shrinks to the layer
         config = {**preferred, "BN": min(preferred["BN"], n), "BK": min(preferred["BK"], k)}
         if _valid({**config, "TILES": 1}, shape, dtype, gpu) is None:
-            return {**config, "TILES": _tiles_per_program(config, shape, gpu)}
+            tiles = -(-shape["M"] // config["BM"]) * -(-shape["N"] // config["BN"])
+            return {**config, "TILES": triton_gemm.tiles_per_program(tiles, gpu)}
     raise ValueError(f"linear_silu: no preferred config is valid for {dict(shape)} {dtype}")
 
 
 TRITON = Impl(
     name="triton",
-    sources=(HERE.parent / "triton_common.py", HERE / "triton_impl.py"),
+    sources=(HERE.parent / "triton_common.py", HERE.parent / "triton_gemm.py",
+             HERE / "triton_impl.py"),
     space={"BM": (32, 64, 128, 256), "BN": (16, 32, 64, 128, 256), "BK": (16, 32, 64, 128),
-           "GROUP_M": (1, 8), "num_warps": (4, 8), "num_stages": (2, 3, 4, 5), "TILES": TILES},
+           "GROUP_M": (1, 8), "num_warps": (4, 8), "num_stages": (2, 3, 4, 5),
+           "TILES": triton_gemm.TILES},
     launches=(Launch("linear_silu", ("cdiv(cdiv(M, BM) * cdiv(N, BN), TILES)", "1", "1"),
                      ("x", "weight", "bias", "y", "M"), num_stages="num_stages"),),
     constants=_constants,
