@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds of measuring per study instead of a trial count")
     run.add_argument("--jobs", type=int, default=1,
                      help="worker processes, spread over this machine's GPUs")
-    run.add_argument("--seed", type=int, default=0, help="TPE seed")
+    run.add_argument("--seed", type=int, default=0, help="sampler seed")
     run.add_argument("--timeout", type=float, default=120.0,
                      help="seconds one candidate may take before its worker is killed")
     run.add_argument("--d-model", type=int, default=d.d_model)

@@ -34,7 +34,7 @@ class Settings:
     timeout_s: float = 120.0    # per candidate: compile, check and time
     evaluator: object = DEFAULT_EVALUATOR   # "module:factory"; an object only if not isolated
     namespace: str = NAMESPACE  # study name prefix (separate experiments in one database)
-    sampler: str = "auto"       # "auto", "grid" or "tpe"
+    sampler: str = "auto"       # "auto", "grid", "gp" or "tpe"
     isolate: bool = True        # measure in worker processes (crash isolation)
     progress: bool = True
 

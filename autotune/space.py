@@ -23,7 +23,7 @@ from kernels.gpu import GpuSpec
 
 NAMESPACE = "ct"       # study name prefix of `autotune run`
 GRID_MAX = 32          # valid configs up to which every one is measured
-DEFAULT_TRIALS = 16    # configs measured per TPE study
+DEFAULT_TRIALS = 16    # configs measured per sampled study
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
-"""Does the TPE search find what an exhaustive grid finds, with a quarter of the trials?
+"""Does the model-based search find what an exhaustive grid finds, with a quarter of the trials?
 
 Issue 3's target: with at most 25 % of an exhaustive grid's trials, the optuna winner is within
 3 % of the grid's best. For each shape of ``--kernel`` (its ``tune_shapes`` at ``--batch`` x
 ``--seq-len``) and each implementation this script
 
 1. measures every valid config (a grid study);
-2. runs ``--seeds`` TPE studies of ``floor(fraction x valid configs)`` trials each;
-3. compares each TPE winner with the grid's best in two ways: its own measured time, and the
+2. runs ``--seeds`` studies of ``floor(fraction x valid configs)`` trials each with
+   ``--sampler`` (default gp, what ``autotune run`` uses for a listed space beyond the grid;
+   tpe for the product spaces' sampler);
+3. compares each winner with the grid's best in two ways: its own measured time, and the
    grid's measurement of the same config (same session, so run-to-run noise is out).
 
 Every study is a real ``autotune`` study (same evaluator, worker and timing), each phase in its
@@ -14,7 +16,7 @@ own database. The JSON written to ``--out`` holds every grid measurement, so
 
     python scripts/tuner_quality.py --replay tuner_quality.json --seeds 200
 
-re-runs the TPE phase offline over the measured table for many seeds (no GPU: each "measurement"
+re-runs the search phase offline over the measured table for many seeds (no GPU: each "measurement"
 is looked up), to show how often a seed misses, not just whether one run did.
 """
 from __future__ import annotations
@@ -89,9 +91,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-shapes", type=int, default=1, help="first N of the kernel's shapes")
     p.add_argument("--fraction", type=float, default=0.25)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--sampler", choices=("gp", "tpe"), default="gp",
+                   help="the search compared with the grid")
     p.add_argument("--out", default="tuner_quality.json")
     p.add_argument("--workdir", help="folder for the phase databases (default: a temp dir)")
-    p.add_argument("--replay", help="a JSON written by an earlier run: TPE phase only, offline")
+    p.add_argument("--replay", help="a JSON written by an earlier run: search phase only, offline")
     p.add_argument("--evaluator", default=evaluate.DEFAULT_EVALUATOR, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     started = time.monotonic()
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
                                        "sms": device.sms, "driver": device.driver,
                                        "cuda": device.cuda},
            "kernel": args.kernel, "dtype": args.dtype, "dims": dims.__dict__,
-           "fraction": args.fraction, "replayed_from": args.replay,
+           "fraction": args.fraction, "sampler": args.sampler, "replayed_from": args.replay,
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "command": " ".join(sys.argv), "seconds": {}, "results": []}
 
@@ -137,42 +141,43 @@ def main(argv=None) -> int:
                   for t in tasks}
         out["results"] = [{"impl": t.impl, "shape": dict(t.shape), "bucket": dict(t.bucket),
                            "n_valid": len(grids[t]), "grid": [list(g) for g in grids[t]],
-                           "grid_best": min(tables[t].values()), "tpe": []} for t in tasks]
+                           "grid_best": min(tables[t].values()), "search": []} for t in tasks]
         save("grid")
         for seed in range(args.seeds):
-            store = open_store(f"sqlite:///{workdir / f'tpe-{seed}.db'}")
-            settings = dataclasses.replace(base, sampler="tpe", seed=seed,
+            store = open_store(f"sqlite:///{workdir / f'{args.sampler}-{seed}.db'}")
+            settings = dataclasses.replace(base, sampler=args.sampler, seed=seed,
                                            budget=space.Budget(args.fraction))
             report = run.tune(tasks, args.gpu, store, settings, out=io.StringIO(), pool=pool)
             for r, t in zip(out["results"], tasks):
                 w = next(w for w in report.tuned
                          if w.impl == t.impl and w.bucket == dict(t.bucket))
                 on_grid = tables[t].get(space.config_key(w.config), math.nan)
-                r["tpe"].append({"seed": seed, "trials": w.trials, "config": w.config,
+                r["search"].append({"seed": seed, "trials": w.trials, "config": w.config,
                                  "median_us": w.median_us, "grid_median_of_winner": on_grid,
                                  "ratio_self": w.median_us / r["grid_best"],
                                  "ratio_grid": on_grid / r["grid_best"]})
-            save(f"tpe seed {seed}")
+            save(f"{args.sampler} seed {seed}")
     _print(out)
     return 0
 
 
 def _print(doc) -> None:
     kind = "replayed over the measured grid" if doc["replayed_from"] else "measured"
+    name = doc["sampler"].upper()
     print(f"\n{doc['kernel']} {doc['dtype']} on {doc['gpu']} ({doc['device']['device_name']}), "
-          f"TPE with {doc['fraction']:.0%} of the valid configs, {kind}")
-    print(f"{'impl':8} {'shape':36} {'grid':>5} {'TPE':>4} {'grid best us':>12} "
-          f"{'TPE/grid (self)':>16} {'TPE/grid (grid)':>16} {'<=3%':>6}")
+          f"{name} with {doc['fraction']:.0%} of the valid configs, {kind}")
+    print(f"{'impl':8} {'shape':36} {'grid':>5} {name:>4} {'grid best us':>12} "
+          f"{name + '/grid (self)':>16} {name + '/grid (grid)':>16} {'<=3%':>6}")
     ratios = []
     for r in doc["results"]:
-        self_r = [x["ratio_self"] for x in r["tpe"]]
-        grid_r = [x["ratio_grid"] for x in r["tpe"]]
+        self_r = [x["ratio_self"] for x in r["search"]]
+        grid_r = [x["ratio_grid"] for x in r["search"]]
         ratios += grid_r
         shape = ",".join(f"{k}={v}" for k, v in r["shape"].items())
-        print(f"{r['impl']:8} {shape:36} {r['n_valid']:5} {r['tpe'][0]['trials']:4} "
+        print(f"{r['impl']:8} {shape:36} {r['n_valid']:5} {r['search'][0]['trials']:4} "
               f"{r['grid_best']:12.2f} {_span(self_r):>16} {_span(grid_r):>16} "
               f"{sum(x <= 1.03 for x in grid_r):3}/{len(grid_r)}")
-    print(f"overall: {sum(x <= 1.03 for x in ratios)}/{len(ratios)} TPE winners within 3 % of "
+    print(f"overall: {sum(x <= 1.03 for x in ratios)}/{len(ratios)} {name} winners within 3 % of "
           f"the grid's best (grid-measured); median ratio {statistics.median(ratios):.4f}, "
           f"worst {max(ratios):.4f}; seconds after each phase: {doc['seconds']}")
 

@@ -25,7 +25,7 @@ def test_run_show_export_plot(url, tmp_path, capsys):
     assert main([*RUN, "--db", url, "--evaluator", "tests.test_autotune_worker:Landscape"]) == 0
     out = capsys.readouterr().out
     assert "4 studies for h100 (NVIDIA H100 80GB HBM3): 0 cached, 4 to tune" in out
-    assert out.count("sampler TPE") == 4 and "16 configs measured, 4 winners stored" in out
+    assert out.count("sampler GP") == 4 and "16 configs measured, 4 winners stored" in out
     assert main(["show", "--db", url]) == 0
     shown = capsys.readouterr().out
     assert shown.count("layernorm") == 4 and "rows=512" in shown and "triton*" in shown
