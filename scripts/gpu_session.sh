@@ -8,7 +8,7 @@
 #        BENCH_K_<file>=EXPR filters one file's benchmarks; TUNE_MORE_D="512 1024" tunes more hidden
 #        sizes; DB_SEED=FILE starts from an earlier run's winners; TUNE_KERNELS="conv_module:cuda_dw
 #        linear_silu" tunes more kernels at TUNE_SEQ frames, TUNE_TRIALS configs per study)
-#   bash scripts/gpu_session.sh quality        # TPE vs exhaustive grid (scripts/tuner_quality.py)
+#   bash scripts/gpu_session.sh quality        # GP vs exhaustive grid (scripts/tuner_quality.py)
 #
 # Run from the repository root on a machine without optuna/SQLAlchemy after
 # `bash ../shared/device/wheels.sh` (carry .whl) and, for the TensorRT-layer tests, with
@@ -82,9 +82,13 @@ phase_bench() {   # one JSON per file, so a file cut off by the deadline loses o
   summary+=("bench total $((SECONDS - t0)) s")
 }
 
-phase_quality() {
-  timeout ${QUALITY_TIMEOUT:-400} python3 scripts/tuner_quality.py --kernel layernorm --max-shapes ${QUALITY_SHAPES:-2} --seeds ${QUALITY_SEEDS:-3} \
-      --out "$OUT/tuner_quality.json" 2>&1 | tee "$OUT/quality.log" | tail -20
+phase_quality() {   # QUALITY_KERNELS=layernorm,relpos_attention: one JSON per kernel
+  local k ks=${QUALITY_KERNELS:-layernorm}
+  for k in ${ks//,/ }; do
+    timeout ${QUALITY_TIMEOUT:-400} python3 scripts/tuner_quality.py --kernel "$k" --max-shapes ${QUALITY_SHAPES:-2} --seeds ${QUALITY_SEEDS:-3} \
+        --out "$OUT/tuner_quality_$k.json" 2>&1 | tee "$OUT/quality_$k.log" | tail -12
+    summary+=("quality $k: $(grep '^overall' "$OUT/quality_$k.log" || echo 'no result (cut off?)')")
+  done
 }
 
 for phase in "$@"; do "phase_$phase"; done

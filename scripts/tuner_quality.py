@@ -179,7 +179,14 @@ def _print(doc) -> None:
               f"{sum(x <= 1.03 for x in grid_r):3}/{len(grid_r)}")
     print(f"overall: {sum(x <= 1.03 for x in ratios)}/{len(ratios)} {name} winners within 3 % of "
           f"the grid's best (grid-measured); median ratio {statistics.median(ratios):.4f}, "
-          f"worst {max(ratios):.4f}; seconds after each phase: {doc['seconds']}")
+          f"worst {max(ratios):.4f}; {_phases(doc['seconds'])}")
+
+
+def _phases(seconds) -> str:
+    """The grid's time and the mean time of a search study (seconds are since the start)."""
+    marks = list(seconds.values())
+    per_study = (marks[-1] - marks[0]) / max(len(marks) - 1, 1)
+    return f"grid {marks[0]:.1f} s, {per_study:.1f} s per search study"
 
 
 def _span(values) -> str:
