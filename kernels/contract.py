@@ -82,6 +82,10 @@ class Launch:
     smem: str = "0"               # dynamic shared memory bytes, CUDA only
     num_warps: str = "num_warps"  # Triton only
     num_stages: str | None = None  # Triton only; None leaves Triton's default
+    # The kernel waits for the grids before it (griddepcontrol.wait; a Triton kernel does so when
+    # its constexpr GDC is 1) before it reads or writes memory they may use, so on sm_90+ it is
+    # launched as a programmatic dependent launch: it starts while its predecessor drains.
+    pdl: bool = False
 
 
 @dataclass(frozen=True)

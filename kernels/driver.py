@@ -67,9 +67,24 @@ def get_function(cubin: bytes, name: str, dynamic_smem: int = 0) -> cu.CUfunctio
 
 
 def launch(fn: cu.CUfunction, grid: tuple[int, int, int], threads: int, smem: int, stream: int,
-           args: list[tuple[object, str]]) -> None:
-    """Launch ``fn``; ``args`` are (value, type) pairs with types from CTYPES."""
+           args: list[tuple[object, str]], pdl: bool = False) -> None:
+    """Launch ``fn``; ``args`` are (value, type) pairs with types from CTYPES. ``pdl``: as a
+    programmatic dependent launch (sm_90+), which may start before the stream's previous grid
+    has finished; the kernel must wait for it (griddepcontrol.wait) before using its results."""
     values = tuple(0 if v is None else v for v, _ in args)
     types = tuple(CTYPES[t] for _, t in args)
-    check(cu.cuLaunchKernel(fn, *grid, threads, 1, 1, smem, cu.CUstream(stream),
-                            (values, types), 0), "cuLaunchKernel")
+    if not pdl:
+        check(cu.cuLaunchKernel(fn, *grid, threads, 1, 1, smem, cu.CUstream(stream),
+                                (values, types), 0), "cuLaunchKernel")
+        return
+    config = cu.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = grid
+    config.blockDimX, config.blockDimY, config.blockDimZ = threads, 1, 1
+    config.sharedMemBytes = smem
+    config.hStream = cu.CUstream(stream)
+    attr = cu.CUlaunchAttribute()
+    attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    config.attrs = [attr]
+    config.numAttrs = 1
+    check(cu.cuLaunchKernelEx(config, fn, (values, types), 0), "cuLaunchKernelEx")

@@ -79,6 +79,24 @@ def current_arch() -> str:
     return _gpu_spec().arch
 
 
+def pdl_enabled(lang: str) -> bool:
+    """Whether a launch declared ``pdl`` is made a programmatic dependent launch: on sm_90+,
+    with a Triton that has ``launch_pdl`` and ``tl.extra.cuda.gdc_wait`` (3.4+) for a Triton
+    kernel, unless CONFORMER_TRT_PDL=0 (an A/B switch; results are the same either way)."""
+    if interpreting() or os.environ.get("CONFORMER_TRT_PDL", "1") == "0" or _gpu_spec().cc < (9, 0):
+        return False
+    return lang == "cuda" or triton_has_pdl()
+
+
+@functools.lru_cache(maxsize=None)
+def triton_has_pdl() -> bool:
+    """Whether this Triton can make a programmatic dependent launch of a kernel that waits."""
+    import triton.language as tl
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    return "launch_pdl" in CUDAOptions.__dataclass_fields__ and hasattr(tl.extra.cuda, "gdc_wait")
+
+
 def bind(kernel: Kernel, tensors: Mapping[str, torch.Tensor | None], shape, dtype: str,
          lang: str = "triton") -> dict[str, int]:
     """Check tensors against the declaration; TypeError/ValueError naming the problem."""
@@ -168,6 +186,9 @@ def _launch_triton(impl, launch, grid, env, values, shape, scalars, consts) -> N
     opts = {"num_warps": expr.evaluate(launch.num_warps, env)}
     if launch.num_stages is not None:
         opts["num_stages"] = expr.evaluate(launch.num_stages, env)
+    if launch.pdl and pdl_enabled("triton"):
+        kwargs["GDC"] = 1
+        opts["launch_pdl"] = True
     fn[grid](*args, **kwargs, **opts)
 
 
@@ -201,7 +222,8 @@ def _launch_cuda(kernel, impl, launch, grid, env, values, shape, scalars, consts
             t = values.get(name)
             args.append((None if t is None else t.data_ptr(), "ptr"))
     stream = torch.cuda.current_stream().cuda_stream
-    driver.launch(fn, grid, expr.evaluate(launch.threads, env), smem, stream, args)
+    driver.launch(fn, grid, expr.evaluate(launch.threads, env), smem, stream, args,
+                  pdl=launch.pdl and pdl_enabled("cuda"))
 
 
 def empty_outputs(kernel: Kernel, shape, dtype: str, device, poison: bool = False

@@ -9,6 +9,11 @@ constants are constexprs. Triton kernels take trailing scratch pointers after th
 the PTX entry's parameter list, and they are passed as null, which is only right while their
 sizes are 0, so anything else is refused. CUDA launches are compiled with NVRTC
 (``kernels.launch.cuda_cubin``).
+
+A launch the contract declares ``pdl`` becomes a programmatic dependent launch when the target is
+sm_90 or newer: a Triton kernel is compiled with its constexpr ``GDC`` = 1 (so it waits for its
+predecessor before touching memory), a CUDA kernel waits by itself on those architectures, and
+the runtime launches it with cuLaunchKernelEx and programmatic stream serialization.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ class CompiledLaunch:
     smem: str | int
     smem_attr: int       # opt-in dynamic shared memory: 0 none, > 0 bytes, -1 the device's limit
     n_scratch: int       # trailing null pointer parameters
+    pdl: bool = False    # launched as a programmatic dependent launch
 
 
 @dataclass(frozen=True)
@@ -67,15 +73,18 @@ def compile_variant(kernel: Kernel, impl: Impl, config, bucket, dtype: str,
     env = {**config, **consts}
     contract.launch_env(bucket, consts, config)   # refuses constants that shadow dims
     out = []
+    pdl = target.cc >= (9, 0)
     for launch in impl.launches:
         if launch.kernel in impl.fns:
-            out.append(_triton(kernel, impl, launch, consts, {**statics, **env}, dtype, target))
+            out.append(_triton(kernel, impl, launch, consts, {**statics, **env}, dtype, target,
+                               launch.pdl and pdl and launcher.triton_has_pdl()))
         else:
-            out.append(_cuda(impl, launch, consts, {**statics, **env}, dtype, target))
+            out.append(_cuda(impl, launch, consts, {**statics, **env}, dtype, target,
+                             launch.pdl and pdl))
     return CompiledVariant(consts, env, tuple(out))
 
 
-def _triton(kernel, impl, launch, consts, static_env, dtype, target) -> CompiledLaunch:
+def _triton(kernel, impl, launch, consts, static_env, dtype, target, pdl) -> CompiledLaunch:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
@@ -90,6 +99,11 @@ def _triton(kernel, impl, launch, consts, static_env, dtype, target) -> Compiled
     params = fn.params
     if len(launch.args) > len(params):
         raise BuildError(f"{where}: {len(launch.args)} arguments for {len(params)} parameters")
+    if pdl:
+        if not any(p.name == "GDC" and p.is_constexpr for p in params):
+            raise BuildError(f"{where}: declared pdl, but the kernel has no constexpr GDC "
+                             "parameter to make it wait for its predecessor")
+        consts = {**consts, "GDC": 1}
     signature, constexprs, aligned = {}, {}, {}
     for i, param in enumerate(params):
         if i < len(launch.args):
@@ -128,6 +142,9 @@ def _triton(kernel, impl, launch, consts, static_env, dtype, target) -> Compiled
         if used:
             raise BuildError(f"{where}: the compiled kernel needs {what}, which the C ABI does "
                              "not provide")
+    if pdl and "griddepcontrol.wait" not in compiled.asm["ptx"]:
+        raise BuildError(f"{where}: compiled with GDC=1, but the kernel never waits for its "
+                         "predecessor (no griddepcontrol.wait), so it cannot be launched early")
     n_params = _ptx_param_count(compiled.asm["ptx"], md.name)
     runtime = sum(1 for v in signature.values() if v != "constexpr")
     if not 0 <= n_params - runtime <= 2:
@@ -136,7 +153,7 @@ def _triton(kernel, impl, launch, consts, static_env, dtype, target) -> Compiled
     return CompiledLaunch(launch, Binary(bytes(compiled.asm["cubin"]), "triton"), md.name,
                           threads=32 * md.num_warps, smem=md.shared,
                           smem_attr=md.shared if md.shared > STATIC_SMEM_LIMIT else 0,
-                          n_scratch=n_params - runtime)
+                          n_scratch=n_params - runtime, pdl=pdl)
 
 
 def _triton_type(kernel: Kernel, impl: Impl, arg: str, dtype: str) -> str:
@@ -159,7 +176,7 @@ def _ptx_param_count(ptx: str, name: str) -> int:
     return len(re.findall(r"\.param\b", m.group(1)))
 
 
-def _cuda(impl, launch, consts, static_env, dtype, target) -> CompiledLaunch:
+def _cuda(impl, launch, consts, static_env, dtype, target, pdl) -> CompiledLaunch:
     cubin = launcher.cuda_cubin(impl, consts, dtype, target.arch)
     smem_names = expr.names(launch.smem)
     if smem_names <= set(static_env):   # known now: opt in only when it is needed
@@ -168,4 +185,4 @@ def _cuda(impl, launch, consts, static_env, dtype, target) -> CompiledLaunch:
     else:                                # depends on dynamic dims: allow the device's limit
         attr = -1
     return CompiledLaunch(launch, Binary(cubin, "cuda"), launch.kernel, threads=launch.threads,
-                          smem=launch.smem, smem_attr=attr, n_scratch=0)
+                          smem=launch.smem, smem_attr=attr, n_scratch=0, pdl=pdl)

@@ -170,7 +170,7 @@ def manifest(plans: list[KernelPlan], trt_plans: list[KernelPlan], tables: Table
                 launches.append({"entry": cl.entry, "lang": cl.binary.lang,
                                  "binary": tables.functions[f][0], "scratch_params": cl.n_scratch,
                                  "grid": list(cl.launch.grid), "threads": cl.threads,
-                                 "smem": cl.smem})
+                                 "smem": cl.smem, "pdl": cl.pdl})
             entry["variants"].append({
                 "dtype": w.dtype, "bucket": w.bucket, "impl": w.impl, "config": w.config,
                 "constants": v.compiled.consts, "source_hash": w.source_hash,

@@ -267,7 +267,7 @@ def _kernel_tables(plan: KernelPlan, tables: Tables) -> str:
                            + ", ".join(f"{{{kind}, {idx}}}" for kind, idx in args) + "};")
             fn = tables.function(cl.binary, cl.entry, cl.smem_attr)
             launches.append(f"{{{fn}, {fname}, {f'{fname}_args' if args else 'nullptr'}, "
-                            f"{len(args)}, {int(cl.n_scratch)}}}")
+                            f"{len(args)}, {int(cl.n_scratch)}, {str(bool(cl.pdl)).lower()}}}")
         out.append(f"const ct::Launch {n}_v{v}_launches[] = {{{', '.join(launches)}}};")
         if impl.workspaces:
             sizes = " ".join(f"b[{i}] = {c_expr(e, rename, f'{n} workspace {w}')};"

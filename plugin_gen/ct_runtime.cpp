@@ -33,6 +33,9 @@ struct Driver {
 #define CT_MEMBER(name) decltype(&::name) name = nullptr;
   CT_DRIVER_FUNCTIONS(CT_MEMBER)
 #undef CT_MEMBER
+  // CUDA 12.0+, for programmatic dependent launches; without it those launches are plain ones
+  // (the kernels' waits then return at once, the stream having ordered them already)
+  decltype(&::cuLaunchKernelEx) cuLaunchKernelEx = nullptr;
 };
 
 std::string cu_error(const Driver& d, CUresult r, const char* call) {
@@ -62,6 +65,8 @@ const Driver& driver() {
   }
     CT_DRIVER_FUNCTIONS(CT_LOAD)
 #undef CT_LOAD
+    d.cuLaunchKernelEx =
+        reinterpret_cast<decltype(&::cuLaunchKernelEx)>(dlsym(lib, "cuLaunchKernelEx"));
     CUresult r = d.cuInit(0);
     if (r != CUDA_SUCCESS) d.error = cu_error(d, r, "cuInit");
     return d;
@@ -317,6 +322,28 @@ const KernelDesc* find_kernel(const char* name) {
   return nullptr;
 }
 
+// A launch that may start while the stream's previous grid drains (programmatic stream
+// serialization, sm_90+): the kernel itself waits for that grid before touching memory.
+static CUresult launch_pdl(const Driver& d, CUfunction fn, const Geometry& g, CUstream stream,
+                           void** params) {
+  CUlaunchAttribute attr;
+  std::memset(&attr, 0, sizeof(attr));
+  attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+  attr.value.programmaticStreamSerializationAllowed = 1;
+  CUlaunchConfig config;
+  std::memset(&config, 0, sizeof(config));
+  config.gridDimX = static_cast<unsigned>(g.grid[0]);
+  config.gridDimY = static_cast<unsigned>(g.grid[1]);
+  config.gridDimZ = static_cast<unsigned>(g.grid[2]);
+  config.blockDimX = static_cast<unsigned>(g.threads);
+  config.blockDimY = config.blockDimZ = 1;
+  config.sharedMemBytes = static_cast<unsigned>(g.smem);
+  config.hStream = stream;
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  return d.cuLaunchKernelEx(&config, fn, params, nullptr);
+}
+
 int32_t launch(const KernelDesc& k, int32_t dtype, const void* const* tensors, const int64_t* dims,
                const float* scalars, void* workspace, size_t workspace_bytes, CUstream stream) {
   if (dtype < FLOAT16 || dtype > FLOAT32)
@@ -393,13 +420,17 @@ int32_t launch(const KernelDesc& k, int32_t dtype, const void* const* tensors, c
       values[n].ptr = 0;
       params[n] = &values[n];
     }
-    const CUresult r = d.cuLaunchKernel(
-        state->functions[launch.function], static_cast<unsigned>(g.grid[0]),
-        static_cast<unsigned>(g.grid[1]), static_cast<unsigned>(g.grid[2]),
-        static_cast<unsigned>(g.threads), 1, 1, static_cast<unsigned>(g.smem), stream, params,
-        nullptr);
+    const bool pdl = launch.pdl && d.cuLaunchKernelEx;
+    const CUresult r = pdl ? launch_pdl(d, state->functions[launch.function], g, stream, params)
+                           : d.cuLaunchKernel(state->functions[launch.function],
+                                              static_cast<unsigned>(g.grid[0]),
+                                              static_cast<unsigned>(g.grid[1]),
+                                              static_cast<unsigned>(g.grid[2]),
+                                              static_cast<unsigned>(g.threads), 1, 1,
+                                              static_cast<unsigned>(g.smem), stream, params, nullptr);
     if (r != CUDA_SUCCESS)
-      return fail(CUDA_ERROR, std::string(k.name) + ": " + cu_error(d, r, "cuLaunchKernel") +
+      return fail(CUDA_ERROR, std::string(k.name) + ": " +
+                                  cu_error(d, r, pdl ? "cuLaunchKernelEx" : "cuLaunchKernel") +
                                   " for " + kLibrary.functions[launch.function].entry);
   }
   return OK;

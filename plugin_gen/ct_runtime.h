@@ -77,6 +77,7 @@ struct Launch {
   const Arg* args;
   int32_t n_args;
   int32_t n_scratch;  // trailing null pointers (Triton's global/profile scratch parameters)
+  bool pdl;           // a programmatic dependent launch: the kernel waits for its predecessor
 };
 
 struct Variant {

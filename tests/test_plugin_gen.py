@@ -102,23 +102,18 @@ def cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.fixture(scope="session")
-def libs(tmp_path_factory):
-    """{gpu: (directory, CompletedProcess)}: a10 (sm_86, fp16 + bf16, two static shapes, with the
-    TensorRT layer where headers exist) and h100 (sm_90, fp16, no TensorRT layer), built at once."""
-    if not HAS_CXX:
-        pytest.skip("no C++ compiler (g++ or $CXX) on this machine")
-    root = tmp_path_factory.mktemp("plugin_gen")
+def build_libraries(root: Path, specs: dict, trt_for=()) -> dict:
+    """{gpu: (directory, CompletedProcess)}: one library per ``specs`` entry (gpu: make_winners
+    keywords), built at once by plugin-gen subprocesses; with the TensorRT layer for ``trt_for``
+    where headers exist."""
     env = {**os.environ, "CONFORMER_TRT_CACHE": str(root / "cache")}
     include = ["--cuda-include", CUDA_INCLUDE] if CUDA_INCLUDE else []
-    specs = {"a10": dict(statics=2, dtypes=("float16", "bfloat16")),
-             "h100": dict(statics=1, dtypes=("float16",), scales=(1, 64))}
     procs = {}
     for name, kw in specs.items():
         path = root / f"{name}.json"
-        path.write_text(dumps(make_winners(name, ["layernorm"], **kw), name))
+        path.write_text(dumps(make_winners(name, **kw), name))
         args = ["build", "--gpu", name, "--winners", str(path), "--out", str(root / name), *include]
-        if name == "a10" and HAS_TRT:
+        if name in trt_for and HAS_TRT:
             args += ["--tensorrt-include", str(TRT_INCLUDE)]
         procs[name] = subprocess.Popen([sys.executable, "-m", "plugin_gen", *args], cwd=REPO,
                                        env=_cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -129,6 +124,18 @@ def libs(tmp_path_factory):
         assert proc.returncode == 0, f"building {name} failed:\n{stdout}\n{stderr}"
         out[name] = (root / name, subprocess.CompletedProcess(proc.args, 0, stdout, stderr))
     return out
+
+
+@pytest.fixture(scope="session")
+def libs(tmp_path_factory):
+    """{gpu: (directory, CompletedProcess)}: a10 (sm_86, fp16 + bf16, two static shapes, with the
+    TensorRT layer where headers exist) and h100 (sm_90, fp16, no TensorRT layer), built at once."""
+    if not HAS_CXX:
+        pytest.skip("no C++ compiler (g++ or $CXX) on this machine")
+    specs = {"a10": dict(kernel_names=["layernorm"], statics=2, dtypes=("float16", "bfloat16")),
+             "h100": dict(kernel_names=["layernorm"], statics=1, dtypes=("float16",),
+                          scales=(1, 64))}
+    return build_libraries(tmp_path_factory.mktemp("plugin_gen"), specs, trt_for=("a10",))
 
 
 # ---- a stub CUDA driver: what the library asks of the driver, without a GPU -----------------
@@ -190,6 +197,15 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
     fflush(out());
   }
   return CUDA_SUCCESS;
+}
+CUresult cuLaunchKernelEx(const CUlaunchConfig* c, CUfunction f, void** params, void** extra) {
+  int pdl = 0;
+  for (unsigned i = 0; i < c->numAttrs; ++i)
+    if (c->attrs[i].id == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+      pdl = (int)c->attrs[i].value.programmaticStreamSerializationAllowed;
+  if (out()) fprintf(out(), "pdl %d\n", pdl);
+  return cuLaunchKernel(f, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY,
+                        c->blockDimZ, c->sharedMemBytes, c->hStream, params, extra);
 }
 CUresult cuMemAlloc(CUdeviceptr* p, size_t n) { *p = (CUdeviceptr)(size_t)aligned_alloc(256, (n + 255) / 256 * 256); return CUDA_SUCCESS; }
 CUresult cuMemFree(CUdeviceptr p) { free((void*)(size_t)p); return CUDA_SUCCESS; }
@@ -334,6 +350,44 @@ def test_launches_carry_what_the_contract_says(libs, stub, tmp_path):
             else:
                 names = [t.name for t in k.tensors]
                 assert value == (4096 * (names.index(arg) + 1) if arg in present else 0), arg
+
+
+@needs_cxx
+def test_programmatic_dependent_launches_on_sm90_only(stub, tmp_path):
+    """The conv module's launches that the contract declares ``pdl`` go through cuLaunchKernelEx
+    with programmatic stream serialization in an sm_90 library and are plain launches in an sm_86
+    one; the manifest says which."""
+    impl = kernels.get("conv_module").impl("cuda_dw")
+    assert any(lc.pdl for lc in impl.launches)
+    spec = dict(kernel_names=["conv_module"], impls=["cuda_dw"], statics=1, dtypes=("float16",),
+                scales=(1,))
+    built = build_libraries(tmp_path, {"a10": spec, "h100": spec})
+    for name, cc in (("a10", "8.6"), ("h100", "9.0")):
+        lib_path = built[name][0] / "libconformer_trt.so"
+        (variant,) = Library(lib_path).manifest["kernels"]["conv_module"]["variants"]
+        want = [lc.pdl and name == "h100" for lc in impl.launches]
+        assert [lc["pdl"] for lc in variant["launches"]] == want
+        log = tmp_path / f"{name}.log"
+        code = f"""
+            import torch
+            from plugin_gen.loader import Library
+            lib = Library({str(lib_path)!r})
+            shape = {variant["bucket"]!r}
+            ptrs = {{t["name"]: 4096 * (j + 1) for j, t in enumerate(lib.kernel("conv_module")["tensors"])}}
+            ws = torch.empty(lib.workspace_size("conv_module", "float16", shape), dtype=torch.uint8)
+            lib.launch("conv_module", ptrs, shape, dtype="float16", workspace=ws, stream=77)
+            print("done")
+        """
+        done = with_stub(stub, code, cc=cc, log=log)
+        assert done.returncode == 0 and "done" in done.stdout, done.stderr
+        seen, pdl = [], False
+        for line in log.read_text().splitlines():
+            if line.startswith("pdl "):
+                pdl = line == "pdl 1"
+            else:
+                seen.append(pdl)
+                pdl = False
+        assert seen == want
 
 
 def test_wrong_gpu_is_refused(libs, stub):
@@ -507,7 +561,8 @@ def test_every_registered_kernel_generates_valid_cpp(tmp_path, name):
             lc.kernel,
             threads=32 * expr.evaluate(lc.num_warps, static) if lc.kernel in impl.fns else lc.threads,
             smem=0 if lc.kernel in impl.fns else lc.smem, smem_attr=0,
-            n_scratch=2 if lc.kernel in impl.fns else 0) for i, lc in enumerate(impl.launches))
+            n_scratch=2 if lc.kernel in impl.fns else 0, pdl=lc.pdl)
+            for i, lc in enumerate(impl.launches))
         variants.append(codegen.Variant(w, impl, CompiledVariant(consts, env, launches)))
     plan = codegen.KernelPlan(k, tuple(variants))
     tables = codegen.Tables()

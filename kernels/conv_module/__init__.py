@@ -198,14 +198,17 @@ def _constants(config, shape, dtype):
 
 
 PW1 = Launch("pw1_glu", ("cdiv(B * T, BM1)", "cdiv(D, BN1)", "1"),
-             ("x", "lengths", "w1", "b1", "h", "B", "T", "D"), num_warps="W1", num_stages="S1")
+             ("x", "lengths", "w1", "b1", "h", "B", "T", "D"), num_warps="W1", num_stages="S1",
+             pdl=True)
 _DW_ARGS = ("B", "T", "D", "K", "causal", "mask_after_glu")
 DW = Launch("dw_swish", ("cdiv(B * T, BMD)", "cdiv(D, BCD)", "1"),
             ("h", "lengths", "b1", "dw_w", "dw_b", "z", *_DW_ARGS), num_warps="WD")
 CUDA_DW = Launch("conv_dw_silu", ("cdiv(T, TT)", "B", "cdiv(D, TC)"),
-                 ("h", "lengths", "b1", "dw_w", "dw_b", "z", "T"), threads="TC // VEC * (TT // R)")
+                 ("h", "lengths", "b1", "dw_w", "dw_b", "z", "T"), threads="TC // VEC * (TT // R)",
+                 pdl=True)
 PW2 = Launch("pw2", ("cdiv(cdiv(B * T, BM2) * cdiv(D, BN2), TILES2)", "1", "1"),
-             ("z", "lengths", "w2", "b2", "y", "B", "T", "D"), num_warps="W2", num_stages="S2")
+             ("z", "lengths", "w2", "b2", "y", "B", "T", "D"), num_warps="W2", num_stages="S2",
+             pdl=True)
 PW2_FUSED = Launch("pw2_fused", ("cdiv(B * T, BM2)", "cdiv(D, BN2)", "1"),
                    ("h", "lengths", "b1", "dw_w", "dw_b", "w2", "b2", "y", *_DW_ARGS),
                    num_warps="W2", num_stages="S2")

@@ -31,6 +31,16 @@ typedef ct_vec<ct_t, LVEC> lvec_t;
 
 __device__ __forceinline__ float ct_sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
 
+// Programmatic dependent launch (sm_90+): wait until the grid before this one has completed and
+// its memory is visible, then let the next grid launch. No-ops when the launch was not a
+// dependent one; absent before sm_90.
+__device__ __forceinline__ void wait_for_predecessor() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv_dw_silu(const ct_t* __restrict__ h, const int* __restrict__ lengths,
              const ct_t* __restrict__ b1, const float* __restrict__ dw_w,
@@ -40,9 +50,10 @@ conv_dw_silu(const ct_t* __restrict__ h, const int* __restrict__ lengths,
   __shared__ float wt[KS][TC + 1];          // dw_w[c0 + i][j] at wt[j][i], padded against conflicts
   const int t0 = blockIdx.x * TT;
   const int c0 = blockIdx.z * TC;
-  const int len = min(max(lengths[blockIdx.y], 0), T);
   const ct_i64 base = (ct_i64)blockIdx.y * T;
 
+  // the weights are staged while the GEMM before this kernel drains (they are the module's
+  // parameters: no kernel of the module writes them); h and lengths are read after the wait
   for (int i = threadIdx.x; i < TC * KS; i += THREADS) {
     const int ci = i / KS, j = i % KS;
     wt[j][ci] = c0 + ci < CH ? dw_w[(ct_i64)c0 * KS + i] : 0.f;
@@ -55,6 +66,8 @@ conv_dw_silu(const ct_t* __restrict__ h, const int* __restrict__ lengths,
     }
     __syncthreads();
   }
+  wait_for_predecessor();
+  const int len = min(max(lengths[blockIdx.y], 0), T);
 #pragma unroll
   for (int it = 0; it < STAGE_ITERS; ++it) {
     const int i = threadIdx.x + it * THREADS;
