@@ -30,6 +30,17 @@ template <> __device__ __forceinline__ __nv_bfloat16 ct_from_float<__nv_bfloat16
 }
 template <> __device__ __forceinline__ float ct_from_float<float>(float v) { return v; }
 
+// Programmatic dependent launch (sm_90+): wait until the grid before this one has completed and
+// its memory is visible, then let the next grid launch. Call it before the first access to
+// memory an earlier kernel may write or read. No-ops when the launch was not a dependent one;
+// absent before sm_90.
+__device__ __forceinline__ void ct_wait_for_predecessor() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 // VEC elements moved as one aligned access (16 bytes at most).
 template <typename T, int VEC> struct alignas(sizeof(T) * VEC) ct_vec { T v[VEC]; };
 

@@ -11,6 +11,17 @@ _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @triton.jit
+def wait_for_predecessor(GDC: tl.constexpr):
+    """With GDC=1 (set for a programmatic dependent launch by kernels/launch.py and plugin_gen on
+    sm_90+): wait until the grid before this one has finished and its memory is visible, then
+    let the next grid start launching. Call it before the first access to memory an earlier
+    kernel may write or read; with GDC=0 it is nothing."""
+    if GDC:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def dot(a, b, acc):
     """acc + a @ b with fp32 accumulation: fp32 operands as true fp32 products (not TF32),
     fp16/bf16 on the tensor cores."""

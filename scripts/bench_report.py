@@ -1,11 +1,13 @@
 """Markdown tables from a pytest-benchmark JSON written by ``pytest -m bench --benchmark-json``.
 
     python scripts/bench_report.py bench.json [more.json ...] [--out bench.md]
+    python scripts/bench_report.py --compare before.json after.json     # A/B, one line each
 
 One table per benchmark group (a kernel and shape): every implementation's median µs per call
 (recorded by tests/bench/conftest.py's ``measure``), the ratio to the fastest baseline in the
 group (how many times faster the candidate is), GB/s and TFLOP/s from the kernel's cost, and the
-fractions of the copy bandwidth and the fp16 matmul rate measured in the same run.
+fractions of the copy bandwidth and the fp16 matmul rate measured in the same run. With
+``--compare``, one table of the benchmarks two runs share: µs per call in each, after / before.
 """
 from __future__ import annotations
 
@@ -65,19 +67,36 @@ def report(doc: dict) -> str:
     return "\n".join(out)
 
 
+def compare(before: dict, after: dict) -> str:
+    a = {(g, r["name"]): r for g, rows in _rows(before).items() for r in rows}
+    b = {(g, r["name"]): r for g, rows in _rows(after).items() for r in rows}
+    shared = [key for key in a if key in b]
+    if not shared:
+        raise ValueError("the two runs share no benchmark")
+    out = ["| benchmark | before µs | after µs | after / before | after, of copy BW |",
+           "|---|---:|---:|---:|---:|"]
+    for key in shared:
+        x, y = a[key]["per_call_us"], b[key]["per_call_us"]
+        frac = _fmt(b[key].get("frac_copy_bw"), ".2f")
+        out.append(f"| {key[1]} | {x:.2f} | {y:.2f} | {y / x:.3f} | {frac} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("json", type=Path, nargs="+")
     p.add_argument("--out", type=Path, help="write here instead of standard output")
+    p.add_argument("--compare", action="store_true",
+                   help="two JSON files, before and after: one A/B table")
     args = p.parse_args(argv)
-    texts = []
-    for path in args.json:
-        try:
-            texts.append(report(json.loads(path.read_text())))
-        except (OSError, ValueError, KeyError) as e:
-            print(f"bench_report: {path}: {e}", file=sys.stderr)
-            return 2
-    text = "\n".join(texts)
+    if args.compare and len(args.json) != 2:
+        p.error("--compare takes exactly two JSON files")
+    try:
+        docs = [json.loads(path.read_text()) for path in args.json]
+        text = compare(*docs) if args.compare else "\n".join(report(d) for d in docs)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"bench_report: {e}", file=sys.stderr)
+        return 2
     if args.out:
         args.out.write_text(text + "\n")
     else:

@@ -53,7 +53,7 @@ def main():
                          "launch start early (gdc_launch_dependents left out)")
     args = ap.parse_args()
     if args.no_trigger:
-        triton_impl._wait_for_predecessor = _wait_only
+        triton_impl.wait_for_predecessor = _wait_only
     shape = {"B": 32, "T": 500, "D": 256, "K": 31, "causal": int(args.causal),
              "mask_after_glu": 0}
     impl = full = K.impl(args.impl)

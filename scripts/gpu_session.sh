@@ -9,6 +9,8 @@
 #        sizes; DB_SEED=FILE starts from an earlier run's winners; TUNE_KERNELS="conv_module:cuda_dw
 #        linear_silu" tunes more kernels at TUNE_SEQ frames, TUNE_TRIALS configs per study)
 #   bash scripts/gpu_session.sh quality        # GP vs exhaustive grid (scripts/tuner_quality.py)
+#   bash scripts/gpu_session.sh pdl_ab         # benchmarks with programmatic dependent launch off,
+#       then on (CONFORMER_TRT_PDL=0/1), compared (AB_FILES="layernorm encoder", AB_K: a -k filter)
 #
 # Run from the repository root on a machine without optuna/SQLAlchemy after
 # `bash ../shared/device/wheels.sh` (carry .whl) and, for the TensorRT-layer tests, with
@@ -89,6 +91,18 @@ phase_quality() {   # QUALITY_KERNELS=layernorm,relpos_attention: one JSON per k
         --out "$OUT/tuner_quality_$k.json" 2>&1 | tee "$OUT/quality_$k.log" | tail -12
     summary+=("quality $k: $(grep '^overall' "$OUT/quality_$k.log" || echo 'no result (cut off?)')")
   done
+}
+
+phase_pdl_ab() {
+  local t0=$SECONDS files=() f p
+  for f in ${AB_FILES:-layernorm conv_module encoder}; do files+=("tests/bench/test_bench_$f.py"); done
+  for p in 0 1; do
+    CONFORMER_TRT_PDL=$p timeout ${AB_TIMEOUT:-170} python3 -m pytest -q -p no:cacheprovider -m bench \
+        "${files[@]}" ${AB_K:+-k "$AB_K"} --benchmark-json="$OUT/pdl$p.json" 2>&1 | tail -1
+  done
+  python3 scripts/bench_report.py --compare "$OUT/pdl0.json" "$OUT/pdl1.json" | tee "$OUT/pdl_ab.md"
+  python3 scripts/bench_report.py "$OUT/pdl1.json" --out "$OUT/bench.md"
+  summary+=("pdl A/B: $(($(wc -l < "$OUT/pdl_ab.md") - 2)) benchmarks ($((SECONDS - t0)) s)")
 }
 
 for phase in "$@"; do "phase_$phase"; done

@@ -31,16 +31,6 @@ typedef ct_vec<ct_t, LVEC> lvec_t;
 
 __device__ __forceinline__ float ct_sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
 
-// Programmatic dependent launch (sm_90+): wait until the grid before this one has completed and
-// its memory is visible, then let the next grid launch. No-ops when the launch was not a
-// dependent one; absent before sm_90.
-__device__ __forceinline__ void wait_for_predecessor() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
-}
-
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv_dw_silu(const ct_t* __restrict__ h, const int* __restrict__ lengths,
              const ct_t* __restrict__ b1, const float* __restrict__ dw_w,
@@ -66,7 +56,7 @@ conv_dw_silu(const ct_t* __restrict__ h, const int* __restrict__ lengths,
     }
     __syncthreads();
   }
-  wait_for_predecessor();
+  ct_wait_for_predecessor();
   const int len = min(max(lengths[blockIdx.y], 0), T);
 #pragma unroll
   for (int it = 0; it < STAGE_ITERS; ++it) {

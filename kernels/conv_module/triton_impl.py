@@ -32,14 +32,8 @@ import triton
 import triton.language as tl
 
 from ..triton_common import dot as _dot
+from ..triton_common import wait_for_predecessor
 from ..triton_gemm import MASKED, persistent_gemm
-
-
-@triton.jit
-def _wait_for_predecessor(GDC: tl.constexpr):
-    if GDC:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
@@ -146,7 +140,7 @@ def _pointwise(A, LEN, W, BIAS, OUT, B1, DWW, DWB, B, T, D: tl.constexpr, K: tl.
 @triton.jit
 def pw1_glu(X, LEN, W1, B1, H, B, T, D: tl.constexpr, BM1: tl.constexpr, BN1: tl.constexpr,
             BK1: tl.constexpr, EVEN_K1: tl.constexpr, GDC: tl.constexpr = 0):
-    _wait_for_predecessor(GDC)
+    wait_for_predecessor(GDC)
     H = H.to(tl.pointer_type(X.dtype.element_ty))
     _pointwise(X, LEN, W1, B1, H, B1, B1, B1, B, T, D, 1, 0, 0, 0, True, False, BM1, BN1, BK1,
                EVEN_K1)
@@ -155,7 +149,7 @@ def pw1_glu(X, LEN, W1, B1, H, B, T, D: tl.constexpr, BM1: tl.constexpr, BN1: tl
 @triton.jit
 def pw2(Z, LEN, W2, B2, Y, B, T, D: tl.constexpr, BM2: tl.constexpr, BN2: tl.constexpr,
         BK2: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K2: tl.constexpr, GDC: tl.constexpr = 0):
-    _wait_for_predecessor(GDC)
+    wait_for_predecessor(GDC)
     Z = Z.to(tl.pointer_type(Y.dtype.element_ty))
     persistent_gemm(Z, W2, B2, Y, LEN, B * T, T, D, D, MASKED, BM2, BN2, BK2, GROUP_M, EVEN_K2)
 

@@ -44,10 +44,10 @@ def _triton_heuristic(shape, dtype, gpu):
 
 TRITON = Impl(
     name="triton",
-    sources=(HERE / "triton_impl.py",),
+    sources=(HERE.parent / "triton_common.py", HERE / "triton_impl.py"),
     space={"ROWS": (1, 2, 4, 8, 16, 32), "num_warps": (1, 2, 4, 8, 16), "STREAM": (0, 1)},
     launches=(Launch("layernorm_fwd", ("cdiv(rows, ROWS)", "1", "1"),
-                     ("x", "residual", "weight", "bias", "y", "sum", "rows", "eps")),),
+                     ("x", "residual", "weight", "bias", "y", "sum", "rows", "eps"), pdl=True),),
     constants=_triton_constants,
     valid=_triton_valid,
     heuristic=_triton_heuristic,
@@ -97,7 +97,7 @@ CUDA = Impl(
            "ROWS_PER_BLOCK": (1, 2, 4, 8, 16), "STREAM": (0, 1)},
     launches=(Launch("layernorm_fwd", ("cdiv(rows, ROWS_PER_BLOCK)", "1", "1"),
                      ("x", "residual", "weight", "bias", "y", "sum", "rows", "eps"),
-                     threads="ROWS_PER_BLOCK * WARPS_PER_ROW * 32"),),
+                     threads="ROWS_PER_BLOCK * WARPS_PER_ROW * 32", pdl=True),),
     constants=_cuda_constants,
     valid=_cuda_valid,
     heuristic=_cuda_heuristic,

@@ -27,6 +27,7 @@ layernorm_fwd(const ct_t* __restrict__ x, const ct_t* __restrict__ r, const ct_t
               float eps) {
   typedef ct_vec<ct_t, VEC> vec_t;
   __shared__ float partial[ROWS_PER_BLOCK][WARPS_PER_ROW];
+  ct_wait_for_predecessor();
   const int row_in_block = threadIdx.x / TPR;
   const int t = threadIdx.x % TPR;
   const int warp = t / 32, lane = t % 32;

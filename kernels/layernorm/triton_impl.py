@@ -7,6 +7,8 @@ they do not push the weights and the next layer's data out of L2.
 import triton
 import triton.language as tl
 
+from ..triton_common import wait_for_predecessor
+
 
 @triton.jit
 def _load(ptr, mask, STREAM: tl.constexpr):
@@ -25,7 +27,9 @@ def _store(ptr, value, mask, STREAM: tl.constexpr):
 
 @triton.jit
 def layernorm_fwd(X, R, W, B, Y, S, rows, eps, N: tl.constexpr, BLOCK_N: tl.constexpr,
-                  ROWS: tl.constexpr, RESIDUAL: tl.constexpr, STREAM: tl.constexpr):
+                  ROWS: tl.constexpr, RESIDUAL: tl.constexpr, STREAM: tl.constexpr,
+                  GDC: tl.constexpr = 0):
+    wait_for_predecessor(GDC)
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     col = tl.arange(0, BLOCK_N)[None, :]
     mask = (row < rows) & (col < N)

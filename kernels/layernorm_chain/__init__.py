@@ -33,11 +33,12 @@ def _as_layernorm(shape):
 
 TRITON = Impl(
     name="triton",
-    sources=(HERE.parent / "layernorm" / "triton_impl.py", HERE / "triton_impl.py"),
+    sources=(HERE.parent / "triton_common.py", HERE.parent / "layernorm" / "triton_impl.py",
+             HERE / "triton_impl.py"),
     space=dict(LN_TRITON.space),     # the same tile as the LayerNorm kernel, the same limits
     launches=(Launch("layernorm_chain_fwd", ("cdiv(rows, ROWS)", "1", "1"),
                      ("x", "residual", "weight", "bias", "weight2", "bias2", "y", "y2", "rows",
-                      "eps", "eps2")),),
+                      "eps", "eps2"), pdl=True),),
     constants=_constants,
     valid=lambda config, shape, dtype, gpu: LN_TRITON.valid(config, _as_layernorm(shape),
                                                             dtype, gpu),

@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 
 from ..layernorm.triton_impl import _load, _store
+from ..triton_common import wait_for_predecessor
 
 
 @triton.jit
@@ -22,7 +23,9 @@ def _normalize(x, mask, W, B, col, eps, N: tl.constexpr):
 
 @triton.jit
 def layernorm_chain_fwd(X, R, W, B, W2, B2, Y, Y2, rows, eps, eps2, N: tl.constexpr,
-                        BLOCK_N: tl.constexpr, ROWS: tl.constexpr, STREAM: tl.constexpr):
+                        BLOCK_N: tl.constexpr, ROWS: tl.constexpr, STREAM: tl.constexpr,
+                        GDC: tl.constexpr = 0):
+    wait_for_predecessor(GDC)
     row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
     col = tl.arange(0, BLOCK_N)[None, :]
     mask = (row < rows) & (col < N)

@@ -66,7 +66,7 @@ TRITON = Impl(
            "GROUP_M": (1, 8), "num_warps": (4, 8), "num_stages": (2, 3, 4, 5),
            "TILES": triton_gemm.TILES},
     launches=(Launch("linear_silu", ("cdiv(cdiv(M, BM) * cdiv(N, BN), TILES)", "1", "1"),
-                     ("x", "weight", "bias", "y", "M"), num_stages="num_stages"),),
+                     ("x", "weight", "bias", "y", "M"), num_stages="num_stages", pdl=True),),
     constants=_constants,
     valid=_valid,
     heuristic=_heuristic,

@@ -97,7 +97,7 @@ TRITON = Impl(
            "num_stages": (1, 2, 3, 4)},
     launches=(Launch("relpos_attn_fwd", ("cdiv(T, BLOCK_M) * B * H", "1", "1"),
                      ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T"),
-                     num_stages="num_stages"),),
+                     num_stages="num_stages", pdl=True),),
     constants=_triton_constants,
     valid=_triton_valid,
     heuristic=_triton_heuristic,

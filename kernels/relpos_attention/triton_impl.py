@@ -32,7 +32,7 @@ clamped to [0, T] in the kernel, so no length makes it read out of bounds.
 import triton
 import triton.language as tl
 
-from ..triton_common import dot
+from ..triton_common import dot, wait_for_predecessor
 
 @triton.jit
 def _mm(a, b):
@@ -113,7 +113,9 @@ def _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, kv_off, p_off, rows, i0, j0, bas
 def relpos_attn_fwd(Q, K, V, P, U, VB, LENGTHS, O, T,
                     HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, REL: tl.constexpr,
                     CHUNK: tl.constexpr,
-                    LEFT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    LEFT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    GDC: tl.constexpr = 0):
+    wait_for_predecessor(GDC)
     H: tl.constexpr = HEADS
     DK: tl.constexpr = HEAD_DIM
     HD: tl.constexpr = HEADS * HEAD_DIM
