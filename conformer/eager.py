@@ -89,10 +89,10 @@ class EagerBuilder:
             self._pos[(key, t)] = make(t).to(self.dtype)
         return self._pos[(key, t)]
 
-    def attention(self, q, k, v, lengths, heads, p, pos_bias_u, pos_bias_v, chunk_size,
+    def attention(self, qkv, lengths, heads, p, pos_bias_u, pos_bias_v, chunk_size,
                   num_left_chunks, legacy):
         rel = p is not None
-        return rel_pos_attention(q, k, v, lengths, heads, p,
+        return rel_pos_attention(qkv, None, None, lengths, heads, p,
                                  self.w[pos_bias_u] if rel else None,
                                  self.w[pos_bias_v] if rel else None,
                                  chunk_size, num_left_chunks, legacy=legacy)

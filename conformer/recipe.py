@@ -17,7 +17,8 @@ What the recipe folds and fuses, relative to the reference:
   end's output Linear;
 * the conv module's BatchNorm goes into its depthwise conv, and the module is one fused op;
 * each FFN's first Linear and its SiLU are one op (the activation in the GEMM's epilogue);
-* attention is one fused op on q, k, v as the projections produce them; the projected position
+* the q, k and v projections are one Linear (weights stacked q | k | v), and attention is one
+  fused op that reads the three from its packed output; the projected position
   table ``linear_pos(pos_table(T))`` depends only on T and the weights, so back ends compute it
   once per T (eager) or once for the profile's longest T and slice it (TensorRT).
 
@@ -69,11 +70,11 @@ class Builder(Protocol):
         """linear_pos(rel_pos_table(T)) [2T-1, d] for x's T, with the layer's ``weight``;
         ``legacy`` (WeNet): linear_pos(abs_pos_table(T)) [T, d]."""
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, heads: int,
+    def attention(self, qkv: Tensor, lengths: Tensor, heads: int,
                   p: Tensor | None, pos_bias_u: str | None, pos_bias_v: str | None,
                   chunk_size: int | None, num_left_chunks: int, legacy: bool) -> Tensor:
         """Relative-position attention with ``p`` (``legacy``: WeNet's un-shifted position
-        term), plain attention without."""
+        term), plain attention without; ``qkv`` [B, T, 3d] is q | k | v from one projection."""
 
     def conv_module(self, x: Tensor, lengths: Tensor, prefix: str, causal: bool,
                     mask_after_glu: bool) -> Tensor:
@@ -115,9 +116,10 @@ def prepare(encoder: ConformerEncoder) -> dict[str, torch.Tensor]:
         for norm in (*norms, "norm_mha", "norm_conv", "norm_ff", "norm_final"):
             for p in ("weight", "bias"):
                 out[f"{i}.{norm}.{p}"] = sd[f"{pre}{norm}.{p}"]
-        for proj in ("q", "k", "v", "out"):
-            for p in ("weight", "bias"):
-                out[f"{i}.att.{proj}.{p}"] = sd[f"{pre}self_attn.linear_{proj}.{p}"]
+        for p in ("weight", "bias"):   # q, k and v: one projection, its rows q | k | v
+            out[f"{i}.att.qkv.{p}"] = torch.cat([sd[f"{pre}self_attn.linear_{proj}.{p}"]
+                                                 for proj in ("q", "k", "v")])
+            out[f"{i}.att.out.{p}"] = sd[f"{pre}self_attn.linear_out.{p}"]
         if config.pos_enc != "abs":
             out[f"{i}.att.pos.weight"] = sd[pre + "self_attn.linear_pos.weight"]
             out[f"{i}.att.u"] = sd[pre + "self_attn.pos_bias_u"]
@@ -165,9 +167,9 @@ def emit(b: Builder, config: ConformerConfig, feats: Tensor, lengths: Tensor,
         if config.macaron:
             pending = ffn(h, f"{i}.ffm")
             h, x = norm(f"{i}.norm_mha", x, pending)
-        q, k, v = (b.linear(h, f"{i}.att.{n}.weight", f"{i}.att.{n}.bias") for n in "qkv")
+        qkv = b.linear(h, f"{i}.att.qkv.weight", f"{i}.att.qkv.bias")
         rel, legacy = config.pos_enc != "abs", config.pos_enc == "rel_legacy"
-        ctx = b.attention(q, k, v, lengths, config.num_heads,
+        ctx = b.attention(qkv, lengths, config.num_heads,
                           b.rel_pos(h, f"{i}.att.pos.weight", legacy) if rel else None,
                           f"{i}.att.u" if rel else None, f"{i}.att.v" if rel else None,
                           chunk_size, num_left_chunks, legacy)

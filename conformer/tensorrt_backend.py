@@ -249,13 +249,13 @@ class TrtBuilder:
         size = self._ew(self._ew(t, t, ew.SUM), self._int64("one", [1]), ew.SUB)
         return self._slice_rows(table, start, size, d)
 
-    def attention(self, q, k, v, lengths, heads, p, pos_bias_u, pos_bias_v, chunk_size,
+    def attention(self, qkv, lengths, heads, p, pos_bias_u, pos_bias_v, chunk_size,
                   num_left_chunks, legacy):
-        rel = p is not None
-        ins = [q, k, v] + ([p, self._w(pos_bias_u), self._w(pos_bias_v)] if rel else []) + [lengths]
+        rel = p is not None   # the plugin reads q, k and v from the one packed tensor
+        ins = [qkv] * 3 + ([p, self._w(pos_bias_u), self._w(pos_bias_v)] if rel else []) + [lengths]
         return self._plugin("relpos_attention", ins, {
             "H": heads, "DK": self.config.d_k, "chunk": chunk_size or 0,
-            "left_chunks": max(num_left_chunks, -1),
+            "left_chunks": max(num_left_chunks, -1), "packed": 1,
             "rel": (2 if legacy else 1) if rel else 0}).get_output(0)
 
     def conv_module(self, x, lengths, prefix, causal, mask_after_glu):

@@ -167,7 +167,7 @@ def _walk(g: Graph, softmax, nodes: list) -> Match:
     form = _form(g, sub, inputs, masks, consts, shape_only, ctx, h, dk, u, vb)
     dtype = g.dtype(q_lin)
     return Match(KIND, "relpos_attention", sub,
-                 {"H": h, "DK": dk, "chunk": 0, "left_chunks": -1, "rel": form}, {}, dtype,
+                 {"H": h, "DK": dk, "chunk": 0, "left_chunks": -1, "packed": 0, "rel": form}, {}, dtype,
                  _emitter(q_lin, k_lin, v_lin, p_lin, u, vb, h, dk, valid, ctx, dtype),
                  note=f"{FORMS[form]}, checked by numbers at T={CHECK_T}; lengths = "
                       f"ReduceSum({valid!r}, axis 1); query rows past a length become zeros")

@@ -105,7 +105,7 @@ def main():
     ap.add_argument("--dk", type=int, default=64)
     args = ap.parse_args()
     shape = {"B": 32, "T": args.T, "H": 4, "DK": args.dk, "chunk": 0, "left_chunks": -1,
-             "rel": 1}
+             "packed": 0, "rel": 1}
     b, t, h, dk = shape["B"], shape["T"], shape["H"], shape["DK"]
     gen = torch.Generator(device="cuda").manual_seed(0)
     cost = K.cost(shape, "float16")

@@ -12,8 +12,9 @@ K = kernels.get("relpos_attention")
 TRITON = K.impl("triton")
 
 
-def _shape(b=3, t=37, h=2, dk=32, chunk=0, left=-1, rel=1):
-    return {"B": b, "T": t, "H": h, "DK": dk, "chunk": chunk, "left_chunks": left, "rel": rel}
+def _shape(b=3, t=37, h=2, dk=32, chunk=0, left=-1, rel=1, packed=0):
+    return {"B": b, "T": t, "H": h, "DK": dk, "chunk": chunk, "left_chunks": left,
+            "packed": packed, "rel": rel}
 
 
 @pytest.mark.parametrize("t", [1, 2, 7, 16])
@@ -48,6 +49,9 @@ CASES = [
     _shape(t=1, h=1, dk=64, rel=2),
     _shape(t=43, dk=32, rel=2),
     _shape(t=50, h=1, chunk=8, left=1, rel=2),
+    _shape(t=40, dk=32, packed=1),
+    _shape(t=24, h=1, chunk=4, left=2, rel=0, packed=1),
+    _shape(t=43, dk=32, rel=2, packed=1),
 ]
 CONFIGS = [None,   # the heuristic
            {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 1},
@@ -101,6 +105,20 @@ def test_lengths_outside_0_t_are_clamped_or_refused(device):
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=20\]"):
         _call(x, shape, check_lengths=True)
     _call(clamped, shape, check_lengths=True)
+
+
+@pytest.mark.parametrize("rel", [1, 2, 0])
+def test_packed_qkv_is_the_same_attention(device, rel):
+    """q | k | v packed in one tensor (k = v = None) gives exactly what the three apart give."""
+    shape = _shape(t=29, rel=rel)
+    x = _inputs(device, shape)
+    qkv = torch.cat([x["q"], x["k"], x["v"]], dim=-1)
+    legacy = rel == 2
+    apart = _call(x, shape, legacy=legacy)
+    packed = _call(dict(x, q=qkv, k=None, v=None), shape, legacy=legacy)
+    assert torch.equal(packed, apart) and apart.abs().sum() > 0
+    with pytest.raises(ValueError, match="divisible by 3"):
+        _call(dict(x, q=qkv[..., 1:].contiguous(), k=None, v=None), shape, legacy=legacy)
 
 
 def test_plain_attention_needs_no_positions(device):

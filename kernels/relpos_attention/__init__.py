@@ -7,6 +7,8 @@ key-padding mask from ``lengths`` and an optional U2 chunk mask (``chunk`` frame
 with ``rel=2`` the position term is WeNet's un-shifted ``(q + v) . p^T`` over p [T, H*d_k]
 (``linear_pos`` of the absolute sinusoid table, WeNet's ``RelPositionalEncoding``).
 Tensors are in the layout the projections produce: q, k, v, out [B, T, H*d_k], p [2T-1, H*d_k]
+(with ``packed=1`` q, k and v are one tensor [B, T, 3*H*d_k], q | k | v along the last dim, as
+one fused projection makes it: the same tensor is given for all three)
 (``linear_pos`` of the 2T-1-row relative position table, row n = relative position T-1-n),
 pos_bias_u/pos_bias_v [H, d_k], lengths [B] int32. Query rows at or past their sequence's length
 come out as zeros; rows with no key to attend too, never NaN. Softmax statistics and the
@@ -47,7 +49,8 @@ def _p_rows(t: int, rel: int) -> int:
 def _triton_constants(config, shape, dtype):
     _check_head_dim(shape["DK"])
     return {"HEADS": shape["H"], "HEAD_DIM": shape["DK"], "REL": shape["rel"],
-            "CHUNK": shape["chunk"], "LEFT": shape["left_chunks"], "BLOCK_M": config["BLOCK_M"],
+            "CHUNK": shape["chunk"], "LEFT": shape["left_chunks"], "PACKED": shape["packed"],
+            "BLOCK_M": config["BLOCK_M"],
             "BLOCK_N": config["BLOCK_N"]}
 
 
@@ -118,7 +121,10 @@ def _baseline(inputs, shape, scalars):
 
 
 def _attention(x, shape):
-    return reference.attention(x["q"], x["k"], x["v"], x["lengths"], shape["H"], x.get("p"),
+    q, k, v = x["q"], x["k"], x["v"]
+    if shape["packed"]:
+        q, k, v = q.chunk(3, dim=-1)
+    return reference.attention(q, k, v, x["lengths"], shape["H"], x.get("p"),
                                x.get("pos_bias_u"), x.get("pos_bias_v"), shape["chunk"],
                                shape["left_chunks"], legacy=shape["rel"] == 2)
 
@@ -128,7 +134,11 @@ def _make_inputs(shape, dtype, device, gen):
         return (scale * torch.randn(*dims, generator=gen, device=device)).to(dtype)
 
     b, t, h, dk = shape["B"], shape["T"], shape["H"], shape["DK"]
-    inputs = {name: randn(b, t, h * dk) for name in ("q", "k", "v")}
+    if shape["packed"]:
+        qkv = randn(b, t, 3 * h * dk)
+        inputs = {"q": qkv, "k": qkv, "v": qkv}
+    else:
+        inputs = {name: randn(b, t, h * dk) for name in ("q", "k", "v")}
     lengths = torch.randint(1, t + 1, (b,), generator=gen, device=device, dtype=torch.int32)
     lengths[0] = t                       # one full sequence, and one empty one when B >= 3
     if b >= 3:
@@ -151,7 +161,8 @@ def _cost(shape, dtype):
 
 def _tune_shapes(dims):
     return [{"B": dims.batch, "T": dims.seq_len, "H": dims.heads, "DK": dims.d_model // dims.heads,
-             "chunk": 0, "left_chunks": -1, "rel": rel} for rel in (1, 2, 0)]
+             "chunk": 0, "left_chunks": -1, "packed": packed, "rel": rel}
+            for packed in (1, 0) for rel in (1, 2, 0)]
 
 
 KERNEL = Kernel(
@@ -159,10 +170,10 @@ KERNEL = Kernel(
     doc=__doc__,
     dims=(Dim("B", 1, 2**20, dynamic=True), Dim("T", 1, 65536, dynamic=True), Dim("H", 1, 64),
           Dim("DK", 32, 128), Dim("chunk", 0, 65536), Dim("left_chunks", -1, 65536),
-          Dim("rel", 0, 2)),
-    tensors=(TensorSpec("q", ("B", "T", "H * DK")),
-             TensorSpec("k", ("B", "T", "H * DK")),
-             TensorSpec("v", ("B", "T", "H * DK")),
+          Dim("packed", 0, 1), Dim("rel", 0, 2)),
+    tensors=(TensorSpec("q", ("B", "T", "(1 + 2 * packed) * H * DK")),
+             TensorSpec("k", ("B", "T", "(1 + 2 * packed) * H * DK")),
+             TensorSpec("v", ("B", "T", "(1 + 2 * packed) * H * DK")),
              TensorSpec("p", (P_ROWS, "H * DK"), when="rel"),
              TensorSpec("pos_bias_u", ("H", "DK"), when="rel"),
              TensorSpec("pos_bias_v", ("H", "DK"), when="rel"),
@@ -179,22 +190,24 @@ KERNEL = Kernel(
     # bf16 keeps 8 significant bits: q + u, q + v and the probabilities are rounded to it, as in
     # the eager bf16 module, which itself measures 4-9e-3 from float64 on make_inputs' data.
     tolerance={"float16": 1e-2, "bfloat16": 2e-2, "float32": 1e-5},
-    examples=({"B": 3, "T": 37, "H": 2, "DK": 32, "chunk": 0, "left_chunks": -1, "rel": 1},
-              {"B": 2, "T": 1, "H": 1, "DK": 64, "chunk": 0, "left_chunks": -1, "rel": 1},
-              {"B": 3, "T": 45, "H": 1, "DK": 32, "chunk": 8, "left_chunks": 1, "rel": 1},
-              {"B": 2, "T": 21, "H": 1, "DK": 128, "chunk": 0, "left_chunks": -1, "rel": 0},
-              {"B": 3, "T": 29, "H": 2, "DK": 32, "chunk": 0, "left_chunks": -1, "rel": 2},
-              {"B": 2, "T": 40, "H": 1, "DK": 64, "chunk": 16, "left_chunks": 0, "rel": 2}),
+    examples=tuple(dict(zip(("B", "T", "H", "DK", "chunk", "left_chunks", "packed", "rel"), v))
+                   for v in ((3, 37, 2, 32, 0, -1, 0, 1), (2, 1, 1, 64, 0, -1, 0, 1),
+                             (3, 45, 1, 32, 8, 1, 0, 1), (2, 21, 1, 128, 0, -1, 0, 0),
+                             (3, 29, 2, 32, 0, -1, 0, 2), (2, 40, 1, 64, 16, 0, 0, 2),
+                             (3, 33, 2, 32, 0, -1, 1, 1), (2, 19, 2, 32, 8, -1, 1, 0))),
 )
 
 
-def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+def rel_pos_attention(q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None,
+                      lengths: torch.Tensor,
                       num_heads: int, p: torch.Tensor | None = None,
                       pos_bias_u: torch.Tensor | None = None,
                       pos_bias_v: torch.Tensor | None = None, chunk_size: int | None = None,
                       num_left_chunks: int = -1, check_lengths: bool = False,
                       legacy: bool = False, impl: str = "triton", config=None) -> torch.Tensor:
-    """Attention context [B, T, H*d_k] (before the output projection) of q, k, v [B, T, H*d_k].
+    """Attention context [B, T, H*d_k] (before the output projection) of q, k, v [B, T, H*d_k];
+    with ``k`` and ``v`` None, ``q`` is the three packed [B, T, 3*H*d_k] (q | k | v, one fused
+    projection's output).
 
     With ``p`` [2T-1, H*d_k], ``pos_bias_u`` and ``pos_bias_v`` [H, d_k]: relative-position
     attention (``legacy=True``: WeNet's un-shifted form, p [T, H*d_k]); without them, plain
@@ -202,16 +215,23 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
     ``num_left_chunks`` chunks of history (negative: all). ``lengths`` is int32 [B];
     ``check_lengths=True`` verifies 0 <= lengths <= T on the host (a device sync).
     """
+    packed = k is None and v is None
+    if packed:
+        k = v = q
     for name, t in (("q", q), ("k", k), ("v", v), ("lengths", lengths)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if q.dim() != 3:
-        raise ValueError(f"q must be [B, T, H*d_k], got shape {tuple(q.shape)}")
+        raise ValueError(f"q must be [B, T, {'3*' if packed else ''}H*d_k], got shape "
+                         f"{tuple(q.shape)}")
+    if packed and q.shape[2] % 3:
+        raise ValueError(f"packed q | k | v must have a last dim divisible by 3, got {q.shape[2]}")
+    hd = q.shape[2] // 3 if packed else q.shape[2]
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 \
-            or q.shape[2] % num_heads:
+            or hd % num_heads:
         raise ValueError(f"num_heads={num_heads!r} must be a positive int dividing "
-                         f"q's last dim {q.shape[2]}")
-    _check_head_dim(q.shape[2] // num_heads)
+                         f"H*d_k={hd}")
+    _check_head_dim(hd // num_heads)
     rel_given = [t is not None for t in (p, pos_bias_u, pos_bias_v)]
     if any(rel_given) and not all(rel_given):
         raise ValueError("p, pos_bias_u and pos_bias_v go together: give all three for "
@@ -225,12 +245,12 @@ def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
                          f"got {chunk_size!r}")
     if isinstance(num_left_chunks, bool) or not isinstance(num_left_chunks, int):
         raise ValueError(f"num_left_chunks must be an int, got {num_left_chunks!r}")
-    b, t, hd = q.shape
+    b, t = q.shape[:2]
     if check_lengths and lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > t):
         raise ValueError(f"lengths must lie in [0, T={t}], got min {int(lengths.min())}, "
                          f"max {int(lengths.max())}")
     shape = {"B": b, "T": t, "H": num_heads, "DK": hd // num_heads, "chunk": chunk_size or 0,
-             "left_chunks": max(num_left_chunks, -1),
+             "left_chunks": max(num_left_chunks, -1), "packed": int(packed),
              "rel": (2 if legacy else 1) if all(rel_given) else 0}
     inputs = {"q": q, "k": k, "v": v, "p": p, "pos_bias_u": pos_bias_u,
               "pos_bias_v": pos_bias_v, "lengths": lengths}

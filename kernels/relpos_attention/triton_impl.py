@@ -24,6 +24,10 @@ key axis, which Triton does with warp shuffles between two layout conversions (1
 REL=2 is WeNet's un-shifted form, score_bd[i, j] = (q_i + v) . p[j] with p of T rows: one more
 [BLOCK_M, DK] x [DK, BLOCK_N] product per key block, on the p rows of the keys, no skew.
 
+PACKED=1: q, k and v are one tensor [B, T, 3*H*d_k] (one projection GEMM for all three, as
+the encoder makes it), k and v at column offsets H*d_k and 2*H*d_k, rows 3*H*d_k apart; the
+output keeps rows of H*d_k.
+
 Masks: keys at or past the sequence length, and with CHUNK > 0 keys outside the query's chunk
 window (U2 streaming: its own chunk and LEFT chunks before it, all before it when LEFT < 0).
 Query rows at or past the length produce zeros, as do rows with no key to attend. Lengths are
@@ -74,15 +78,16 @@ def _chunk(qv, P, p_off, first, rows_p, HD: tl.constexpr, DK: tl.constexpr,
 
 
 @triton.jit
-def _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, kv_off, p_off, rows, i0, j0, base, T, lo_row,
-          hi_row, qk_scale, HD: tl.constexpr, DK: tl.constexpr, BLOCK_M: tl.constexpr,
-          BLOCK_N: tl.constexpr, REL: tl.constexpr, MASKED: tl.constexpr):
+def _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, k_off, v_off, p_off, rows, i0, j0, base, T,
+          lo_row, hi_row, qk_scale, QS: tl.constexpr, HD: tl.constexpr, DK: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, REL: tl.constexpr,
+          MASKED: tl.constexpr):
     """Fold key block j0 into the running (acc, l, m); MASKED=0 only for blocks every row of
     which may attend entirely (no chunk mask, all keys below the length)."""
     cols = j0 + tl.arange(0, BLOCK_N)
     d = tl.arange(0, DK)
-    kt_ptrs = K + kv_off + cols[None, :] * HD + d[:, None]
-    v_ptrs = V + kv_off + cols[:, None] * HD + d[None, :]
+    kt_ptrs = K + k_off + cols[None, :] * QS + d[:, None]
+    v_ptrs = V + v_off + cols[:, None] * QS + d[None, :]
     if MASKED:
         kt = tl.load(kt_ptrs, mask=cols[None, :] < T, other=0.0)
     else:
@@ -112,13 +117,13 @@ def _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, kv_off, p_off, rows, i0, j0, bas
 @triton.jit
 def relpos_attn_fwd(Q, K, V, P, U, VB, LENGTHS, O, T,
                     HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, REL: tl.constexpr,
-                    CHUNK: tl.constexpr,
-                    LEFT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    GDC: tl.constexpr = 0):
+                    CHUNK: tl.constexpr, LEFT: tl.constexpr, PACKED: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GDC: tl.constexpr = 0):
     wait_for_predecessor(GDC)
     H: tl.constexpr = HEADS
     DK: tl.constexpr = HEAD_DIM
     HD: tl.constexpr = HEADS * HEAD_DIM
+    QS: tl.constexpr = (1 + 2 * PACKED) * HD     # row stride of q, k, v
     n_qb = tl.cdiv(T, BLOCK_M)
     pid = tl.program_id(0)
     qb = pid % n_qb                    # query blocks of one head are adjacent: K/V stay in L2
@@ -130,8 +135,10 @@ def relpos_attn_fwd(Q, K, V, P, U, VB, LENGTHS, O, T,
     i0 = qb * BLOCK_M
     rows = i0 + tl.arange(0, BLOCK_M)
     d = tl.arange(0, DK)
-    kv_off = b.to(tl.int64) * T * HD + h * DK
-    q = tl.load(Q + kv_off + rows[:, None] * HD + d[None, :], mask=rows[:, None] < T, other=0.0)
+    q_off = b.to(tl.int64) * T * QS + h * DK
+    k_off = q_off + PACKED * HD
+    v_off = q_off + 2 * PACKED * HD
+    q = tl.load(Q + q_off + rows[:, None] * QS + d[None, :], mask=rows[:, None] < T, other=0.0)
     dt = q.dtype
     qk_scale = 1.4426950408889634 / tl.sqrt(DK * 1.0)      # log2(e) / sqrt(d_k): softmax in base 2
 
@@ -177,20 +184,21 @@ def relpos_attn_fwd(Q, K, V, P, U, VB, LENGTHS, O, T,
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)   # finite: a fully masked block gives no NaN
     if CHUNK > 0:
         for j0 in range(lo, hi, BLOCK_N):
-            acc, l_i, m_i, c_lo = _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, kv_off, p_off,
-                                        rows, i0, j0, base, T, lo_row, hi_row, qk_scale, HD, DK,
-                                        BLOCK_M, BLOCK_N, REL, True)
+            acc, l_i, m_i, c_lo = _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, k_off, v_off,
+                                        p_off, rows, i0, j0, base, T, lo_row, hi_row, qk_scale,
+                                        QS, HD, DK, BLOCK_M, BLOCK_N, REL, True)
     else:
         full = (hi // BLOCK_N) * BLOCK_N
         for j0 in range(0, full, BLOCK_N):
-            acc, l_i, m_i, c_lo = _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, kv_off, p_off,
-                                        rows, i0, j0, base, T, lo_row, hi_row, qk_scale, HD, DK,
-                                        BLOCK_M, BLOCK_N, REL, False)
+            acc, l_i, m_i, c_lo = _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, k_off, v_off,
+                                        p_off, rows, i0, j0, base, T, lo_row, hi_row, qk_scale,
+                                        QS, HD, DK, BLOCK_M, BLOCK_N, REL, False)
         for j0 in range(full, hi, BLOCK_N):
-            acc, l_i, m_i, c_lo = _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, kv_off, p_off,
-                                        rows, i0, j0, base, T, lo_row, hi_row, qk_scale, HD, DK,
-                                        BLOCK_M, BLOCK_N, REL, True)
+            acc, l_i, m_i, c_lo = _step(acc, l_i, m_i, c_lo, qu, qv, K, V, P, k_off, v_off,
+                                        p_off, rows, i0, j0, base, T, lo_row, hi_row, qk_scale,
+                                        QS, HD, DK, BLOCK_M, BLOCK_N, REL, True)
 
     ok = (rows < length) & (l_i > 0)
     out = tl.where(ok[:, None], acc / tl.where(ok, l_i, 1.0)[:, None], 0.0)
-    tl.store(O + kv_off + rows[:, None] * HD + d[None, :], out.to(dt), mask=rows[:, None] < T)
+    o_off = b.to(tl.int64) * T * HD + h * DK
+    tl.store(O + o_off + rows[:, None] * HD + d[None, :], out.to(dt), mask=rows[:, None] < T)

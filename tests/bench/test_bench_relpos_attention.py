@@ -22,7 +22,7 @@ _compiled = {}
 
 
 def _shape(t, rel=1):
-    return {"B": 32, "T": t, "H": 4, "DK": 64, "chunk": 0, "left_chunks": -1, "rel": rel}
+    return {"B": 32, "T": t, "H": 4, "DK": 64, "chunk": 0, "left_chunks": -1, "packed": 0, "rel": rel}
 
 
 def _sets(shape, n):

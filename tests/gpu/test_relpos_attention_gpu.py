@@ -15,8 +15,9 @@ K = kernels.get("relpos_attention")
 TRITON = K.impl("triton")
 
 
-def _shape(b=3, t=500, h=2, dk=64, chunk=0, left=-1, rel=1):
-    return {"B": b, "T": t, "H": h, "DK": dk, "chunk": chunk, "left_chunks": left, "rel": rel}
+def _shape(b=3, t=500, h=2, dk=64, chunk=0, left=-1, rel=1, packed=0):
+    return {"B": b, "T": t, "H": h, "DK": dk, "chunk": chunk, "left_chunks": left,
+            "packed": packed, "rel": rel}
 
 
 def _check(shape, dtype, config=None, seed=0):
@@ -54,6 +55,14 @@ def test_float32(t, rel):
 @pytest.mark.parametrize("chunk, left", [(1, -1), (16, -1), (16, 0), (16, 2), (64, 1), (300, -1)])
 def test_chunk_masks(chunk, left, rel):
     _check(_shape(t=257, chunk=chunk, left=left, rel=rel), "float16", seed=chunk)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("rel", [1, 2, 0])
+@pytest.mark.parametrize("t, dk, chunk", [(1, 64, 0), (500, 64, 0), (333, 32, 16), (1000, 128, 0)])
+def test_packed_qkv(t, dk, chunk, rel, dtype):
+    """q | k | v in one [B, T, 3*H*d_k] tensor, as the encoder's fused projection makes it."""
+    _check(_shape(t=t, dk=dk, chunk=chunk, rel=rel, packed=1), dtype, seed=t + rel)
 
 
 @pytest.mark.parametrize("rel, dtype", [(1, "float16"), (2, "float16"), (1, "float32")])
