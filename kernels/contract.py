@@ -24,6 +24,7 @@ launch
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +228,13 @@ def grid_of(launch: Launch, env: Mapping[str, int]) -> tuple[int, int, int]:
     return tuple(expr.evaluate(g, env) for g in launch.grid)
 
 
+def _waits(fn) -> bool:
+    """Whether a Triton kernel (JIT or interpreted) has the ``GDC: tl.constexpr = 0`` parameter
+    through which a programmatic dependent launch makes it wait."""
+    gdc = inspect.signature(getattr(fn, "fn", fn)).parameters.get("GDC")
+    return gdc is not None and gdc.default == 0 and "constexpr" in str(gdc.annotation)
+
+
 def validate_declaration(kernel: Kernel) -> None:
     """Static checks on a kernel record: names resolve, expressions parse, spaces are sane."""
     dims = {d.name for d in kernel.dims}
@@ -252,6 +260,11 @@ def validate_declaration(kernel: Kernel) -> None:
             for e in (*launch.grid, launch.threads, launch.smem, launch.num_warps,
                       launch.num_stages or "1"):
                 expr.parse(e)
+            fn = impl.fns.get(launch.kernel)
+            if launch.pdl and fn is not None and not _waits(fn):
+                raise ValueError(f"{kernel.name}/{impl.name}: launch {launch.kernel} is declared "
+                                 "pdl, but its Triton kernel has no constexpr GDC = 0 parameter "
+                                 "(triton_common.wait_for_predecessor)")
         for _, e in impl.workspaces:
             expr.parse(e)
 

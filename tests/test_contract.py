@@ -1,9 +1,11 @@
 """Every registered kernel honours the contract; adding a kernel is adding a folder."""
+import dataclasses
 import importlib
 import sys
 import textwrap
 
 import pytest
+import triton
 
 import kernels
 from kernels import contract, gpu
@@ -135,3 +137,20 @@ def test_constants_do_not_depend_on_dynamic_dims(name):
             a = impl.constants(config, shape, k.dtypes[0])
             other = {**shape, **{d: shape[d] + 1 for d in k.dynamic_dims}}
             assert impl.constants(config, other, k.dtypes[0]) == a, impl.name
+
+
+def test_a_pdl_launch_needs_a_kernel_that_waits():
+    """A Triton launch declared ``pdl`` must take the GDC constexpr that makes it wait for its
+    predecessor; one without it is refused when the kernel is registered."""
+    k = kernels.get("layernorm")
+    impl = k.impl("triton")
+    assert impl.launches[0].pdl
+    contract.validate_declaration(k)
+
+    @triton.jit
+    def no_wait(X, R, W, B, Y, S, rows, eps):
+        pass
+
+    bad = dataclasses.replace(impl, fns={impl.launches[0].kernel: no_wait})
+    with pytest.raises(ValueError, match="no constexpr GDC = 0 parameter"):
+        contract.validate_declaration(dataclasses.replace(k, impls=(bad,)))
