@@ -1,12 +1,16 @@
 """``conformer-trt build-engine`` up to TensorRT: the checkpoint is read and checked first (bad
 files and key mismatches exit 2 with the full report); without the tensorrt package it exits 1
-saying so. Building an engine needs TensorRT, which is tested where it imports."""
+saying so. Through the stand-in for TensorRT (tests/fake_tensorrt.py) the command writes an
+engine whose network, evaluated on the CPU, is the checkpoint's encoder; a real engine needs
+TensorRT, which is tested where it imports."""
 import importlib.util
+import sys
 
 import pytest
 import torch
 
 from conformer import cli
+from tests.fake_tensorrt import FakeTensorRT
 from tests.test_conformer_reference import _encoder, _espnet_names
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -64,6 +68,23 @@ def test_missing_plugin_library(tmp_path, capsys):
 def test_without_tensorrt_the_build_says_why(tmp_path, capsys):
     code, err = _run(tmp_path, _checkpoint(tmp_path), capsys)
     assert code == 1 and "needs the tensorrt package" in err and "eager back end" in err, err
+
+
+def test_an_espnet_checkpoint_becomes_its_encoder(tmp_path, capsys, monkeypatch):
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    code, err = _run(tmp_path, _checkpoint(tmp_path), capsys, "--opt-frames", "100",
+                     "--max-frames", "200")
+    assert code == 0, err
+    engine = (tmp_path / "m.engine").read_bytes()
+    feats = torch.randn(2, 60, 40, generator=torch.Generator().manual_seed(3)).half()
+    lengths = torch.tensor([60, 37], dtype=torch.int32)
+    out, out_len = fake.run(engine, {"feats": feats, "lengths": lengths})
+    ref, ref_len = _encoder(seed=2, pos_enc="rel", ln_eps=1e-12).double()(feats.double(),
+                                                                          lengths.long())
+    assert out_len.tolist() == ref_len.tolist()
+    for b, n in enumerate(ref_len.tolist()):
+        assert ((out[b, :n] - ref[b, :n]).norm() / ref[b, :n].norm()).item() < 3e-3
 
 
 def test_a_bad_profile_is_refused_before_tensorrt(tmp_path, capsys):
