@@ -99,10 +99,7 @@ def _triton(kernel, impl, launch, consts, static_env, dtype, target, pdl) -> Com
     params = fn.params
     if len(launch.args) > len(params):
         raise BuildError(f"{where}: {len(launch.args)} arguments for {len(params)} parameters")
-    if pdl:
-        if not any(p.name == "GDC" and p.is_constexpr for p in params):
-            raise BuildError(f"{where}: declared pdl, but the kernel has no constexpr GDC "
-                             "parameter to make it wait for its predecessor")
+    if pdl:   # registration checked that the kernel has the GDC constexpr (contract.py)
         consts = {**consts, "GDC": 1}
     signature, constexprs, aligned = {}, {}, {}
     for i, param in enumerate(params):
