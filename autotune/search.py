@@ -187,8 +187,12 @@ class Search:
                 trial.set_user_attr("config", config)
                 key = config_key(config)
                 reason = self.impl.valid(config, self.shape, self.task.dtype, self.spec)
-                if reason is None and self.store.claim(self.name, key, trial.number, self.owner):
+                if reason is None and self.store.claim(self.name, key, trial.number, self.owner,
+                                                       limit=self.trials):
                     return Proposal(trial, config, key, time.monotonic())
+                if reason is None and self._spent(self._claims()):   # another run took the last
+                    self._finish(trial, TrialState.FAIL, "budget", "the budget is claimed")
+                    return None
                 if reason is not None:
                     self._finish(trial, TrialState.PRUNED, "invalid", reason)
                     anchor = config

@@ -150,15 +150,22 @@ class Store:
 
     # ---- claims: which configs of a shared study are measured, by whom ----------------------
 
-    def claim(self, study: str, config: str, trial: int, owner: str) -> bool:
-        """Claim ``config`` of ``study`` for measurement; False if anyone has it already."""
+    def claim(self, study: str, config: str, trial: int, owner: str,
+              limit: int | None = None) -> bool:
+        """Claim ``config`` of ``study`` for measurement; False if anyone has it already, or if
+        the study then holds more than ``limit`` claims (the claim is withdrawn again: two
+        tuners that share a study can both miss the last trial of its budget and ask again,
+        but never both take it)."""
         try:
             with db.translated(self.url), self._session(write=True) as s, s.begin():
                 s.add(ClaimRow(study=study, config=config, trial=trial, owner=owner,
                                claimed_at=time.time()))
-            return True
         except IntegrityError:
             return False
+        if limit is not None and len(self.claims(study)) > limit:
+            self.release_claim(study, config, trial)
+            return False
+        return True
 
     def finish_claim(self, study: str, config: str, trial: int, outcome: str,
                      seconds: float) -> None:

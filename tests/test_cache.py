@@ -4,6 +4,7 @@ unreachable or full (no partial rows)."""
 import dataclasses
 import itertools
 import logging
+import multiprocessing
 import sqlite3
 from pathlib import Path
 
@@ -113,6 +114,24 @@ def test_claims_are_exclusive(store):
     assert not store.release_claim("s", '{"A": 2}', 1)        # finished: stays
     assert store.release_claim("s", '{"A": 1}', 0)            # unfinished: released
     assert [(c.config, c.outcome) for c in store.claims("s")] == [('{"A": 2}', "ok")]
+
+
+def test_a_limited_claim_never_takes_more_than_the_budget(tmp_path):
+    """Claims with a limit from several processes at once (the last trials of a shared study):
+    never more than ``limit`` succeed (racers may all withdraw and ask again), and asking again
+    fills the budget exactly."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = open_store(url)
+    store.claim("warm-up", "{}", 0, "host:0")          # the tables exist before the race
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        won = pool.starmap(_claim_one, [(url, i) for i in range(12)])
+    assert sum(won) <= 5 and len(store.claims("s")) == sum(won)
+    more = [store.claim("s", f'{{"A": {i}}}', i, "host:1", limit=5) for i in range(12, 20)]
+    assert sum(won) + sum(more) == 5 and len(store.claims("s")) == 5
+
+
+def _claim_one(url, i):
+    return open_store(url).claim("s", f'{{"A": {i}}}', i, f"host:{i}", limit=5)
 
 
 def test_a_corrupt_file_is_named_clearly(tmp_path):
