@@ -23,7 +23,9 @@ interface:
   to the nearest valid unclaimed config (in steps along each parameter's ordered values), a
   duplicate (the model converging on what it has seen) to the nearest unclaimed neighbour of the
   best config so far: a local search step around the incumbent. Refused proposals are not
-  trials of the budget, which counts claims;
+  trials of the budget, which counts claims; a claim that would pass the budget (two runs
+  sharing a study, each taking what it saw as the last trial) is withdrawn again
+  (``Store.claim``'s limit), so a shared study measures its trials, not one more;
 * parameters are ordinal to the sampler: each is suggested as the index into its ordered
   values, so that its model sees that 4 warps lie between 2 and 8 (the config itself is kept in
   the trial's user attribute "config").
