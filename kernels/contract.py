@@ -85,7 +85,9 @@ class Launch:
     num_stages: str | None = None  # Triton only; None leaves Triton's default
     # The kernel waits for the grids before it (griddepcontrol.wait; a Triton kernel does so when
     # its constexpr GDC is 1) before it reads or writes memory they may use, so on sm_90+ it is
-    # launched as a programmatic dependent launch: it starts while its predecessor drains.
+    # launched as a programmatic dependent launch: it starts while its predecessor drains. Reads
+    # before the wait are allowed only of tensors no kernel writes once the engine is built (the
+    # GEMMs' packed weights), and must be stated in the kernel's doc.
     pdl: bool = False
 
 

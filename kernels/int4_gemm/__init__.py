@@ -11,7 +11,9 @@ Implementations:
 * ``cuda``: mma.sync m16n8k16 with the weight as the A operand (16 rows) and the tokens as B
   (8 columns), nibbles dequantised in registers two at a time (magic-number conversion), a
   cp.async pipeline, and warps splitting K inside the CTA — one kernel for GEMV-like small M
-  and compute-bound large M.
+  and compute-bound large M. A programmatic dependent launch on sm_90+: it requests its first
+  stages of ``qweight``, ``scales`` and ``zeros`` before waiting for the kernel ahead of it, so
+  that kernel must not write them (engine constants it is not; :func:`prepare` synchronises).
 * ``triton``: ``tl.dot`` on tiles dequantised after a gather of the packed words.
 * ``triton_splitk``: the same with K split over SPLIT_K programs and a reduction launch.
 """
@@ -75,7 +77,7 @@ CUDA = Impl(
     space=tiles.SPACE,
     launches=(Launch("w4a16_gemm", tiles.GRID,
                      ("x", "qweight", "scales", "zeros", "bias", "y", "M", "N", "K"),
-                     threads=tiles.THREADS, smem="SMEM"),),
+                     threads=tiles.THREADS, smem="SMEM", pdl=True),),
     constants=_cuda_constants,
     valid=_cuda_valid,
     heuristic=_cuda_heuristic,
@@ -263,7 +265,7 @@ class Int4Weight:
 def prepare(w: torch.Tensor, group: int = 128, asym: bool = True,
             dtype: torch.dtype | None = None) -> Int4Weight:
     """Quantise and pack a float weight [N, K] once, at build time (see ``packing.py``)."""
-    tensors = packing.pack_weight(w, group, asym, dtype)
+    tensors = tiles.settled(packing.pack_weight(w, group, asym, dtype))
     return Int4Weight(tensors, w.shape[0], w.shape[1], group)
 
 

@@ -136,20 +136,32 @@ struct GemmTiles {
     gt_ldmatrix_x4(b, sx + row * (2 * BK) + gt_swz<2 * BK>(row, q) * 16);
   }
 
-  // The cp.async pipeline: load(slot, kt) fills a stage, compute(slot) consumes one; STAGES - 1
-  // stages are in flight while one is computed.
-  template <typename Load, typename Compute>
-  static __device__ __forceinline__ void pipeline(int KT, Load load, Compute compute) {
+  // The cp.async pipeline: load_w(slot, kt) and load_x(slot, kt) fill a stage with its weight
+  // and activation tiles, compute(slot) consumes one; STAGES - 1 stages are in flight while one
+  // is computed. The weight of the first STAGES - 1 stages is requested before waiting for the
+  // grid ahead of this one (ct_wait_for_predecessor): it is a constant of the engine that no
+  // kernel writes, so under a programmatic dependent launch its fetch overlaps the predecessor's
+  // tail. (The first wait then covers all of those weight tiles; later stages are one group each.)
+  template <typename LoadW, typename LoadX, typename Compute>
+  static __device__ __forceinline__ void pipeline(int KT, LoadW load_w, LoadX load_x,
+                                                  Compute compute) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s)
+      if (s < KT) load_w(s, s);
+    ct_wait_for_predecessor();
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-      if (s < KT) load(s, s);
+      if (s < KT) load_x(s, s);
       gt_cp_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
       gt_cp_wait<STAGES - 2>();
       __syncthreads();  // stage kt is visible, and everyone is done with the slot reloaded below
       const int next = kt + STAGES - 1;
-      if (next < KT) load(next % STAGES, next);
+      if (next < KT) {
+        load_w(next % STAGES, next);
+        load_x(next % STAGES, next);
+      }
       gt_cp_commit();
       compute(kt % STAGES);
     }

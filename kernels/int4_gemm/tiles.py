@@ -65,33 +65,41 @@ def invalid(config, stage_bytes: int, gpu: GpuSpec | None) -> str | None:
 
 
 def heuristic(shape, gpu: GpuSpec | None, stage_bytes) -> dict[str, int]:
-    """The untuned default, from a sweep on an H100 (docs/gemms.md). Small M (bandwidth-bound,
-    GEMV-like): one n8 token tile (two at M <= 16), 32 weight rows per CTA when that still gives
-    every SM a CTA (else 16), and 8 warps (16 at 8 < M <= 16) splitting each stage's K to keep
-    loads in flight. Large
-    M (compute-bound): 128 x 128 CTA tiles of four 64 x 64 warp tiles, halved while the grid
-    would leave SMs idle. Then the deepest pipeline that fits (at most 5 for small M, 3 for large:
-    deeper measured no better). ``stage_bytes(config)`` is the kernel's shared memory per stage."""
+    """The untuned default, from sweeps on an H100 and (with programmatic dependent launch) an
+    H200 (docs/gemms.md). Small M (bandwidth-bound, GEMV-like): one n8 token tile (two at
+    M <= 16), 32 weight rows per CTA when that still gives every SM a CTA (else 16), and 8 warps
+    splitting each stage's K to keep loads in flight. Large M (compute-bound): 128 x 128 CTA
+    tiles of four 64 x 64 warp tiles, halved while the grid would leave SMs idle. Then the
+    deepest pipeline that fits (at most 5 for small M, 3 for large: deeper measured no better);
+    on sm_90+ a small-M CTA also leaves room on its SM for one of the next launch, which then
+    fetches its weight while this one runs. ``stage_bytes(config)`` is the kernel's shared
+    memory per stage."""
     m, n, k = shape["M"], shape["N"], shape["K"]
     sms = gpu.sms if gpu else DEFAULT_SMS
     chunks = -(-k // 64)
+    pair = False
     if m <= 64:
         wm, warps_m = (1, 1) if m <= 8 else (2, 1) if m <= 16 else (4, 1) if m <= 32 else (4, 2)
         wn = 2 if -(-n // 32) >= 0.9 * sms else 1
         warps_n = 1 if m <= 8 or wn == 2 else 2
-        warps_k = max(w for w in (1, 2, 4, 8, 16) if w <= chunks and (w < 16 or 8 < m <= 16)
+        warps_k = max(w for w in (1, 2, 4, 8) if w <= chunks
                       and 32 * w * warps_n * warps_m <= MAX_THREADS)
         config = {"WN": wn, "WM": wm, "WARPS_N": warps_n, "WARPS_M": warps_m, "WARPS_K": warps_k}
         depths = (5, 4, 3, 2)
+        pair = gpu is not None and gpu.cc >= (9, 0)
     else:
         config = {"WN": 4, "WM": 8, "WARPS_N": 2, "WARPS_M": 2, "WARPS_K": 1}
         if -(-m // 128) * -(-n // 128) < sms:
             config.update(WN=2, WM=4)
         depths = (3, 2)
+    fits = []
     for stages in depths:
         config["STAGES"] = stages
         if invalid(config, stage_bytes(config), gpu) is None:
-            break
+            fits.append(stages)
+            if not pair or 2 * (smem_bytes(config, stage_bytes(config)) + 1024) <= gpu.smem_per_sm:
+                return config
+    config["STAGES"] = fits[0] if fits else depths[-1]
     return config
 
 
@@ -107,6 +115,15 @@ def memoised(key, make: Callable[[], object]):
     value = make()
     _memo[id(key)] = (weakref.ref(key, lambda _, k=id(key): _memo.pop(k, None)), value)
     return value
+
+
+def settled(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A prepared weight, complete before anything else is launched: the kernels read it before
+    waiting for the grid ahead of them (gemm_tiles.cuh), so the kernel that wrote it must not be
+    the one right before their launch."""
+    if any(t.is_cuda for t in tensors.values()):
+        torch.cuda.synchronize()
+    return tensors
 
 
 def reference_linear(inputs, shape, w: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -63,7 +63,7 @@ w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
   float acc[WN][WM][4];
   T::zero(acc);
 
-  auto load = [&](int slot, int kt) {
+  auto load_w = [&](int slot, int kt) {
     char* st = smem + slot * STAGE_BYTES;
     const int k0 = kt * BK, g0 = k0 / GROUP;
     T::load_tile<BN / 2, BK, 16>(st, reinterpret_cast<const char*>(qweight) + (ct_i64)(n0 / 2) * kp + k0,
@@ -75,7 +75,9 @@ w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
     T::load_tile<SG, BN, 16>(st + A_BYTES + S_BYTES, reinterpret_cast<const char*>(zeros + (ct_i64)g0 * np + n0),
                              np, groups - g0, np - n0, flat);
 #endif
-    T::load_x<XVEC>(st + A_BYTES + S_BYTES + Z_BYTES, x, M, K, m0, k0);
+  };
+  auto load_x = [&](int slot, int kt) {
+    T::load_x<XVEC>(smem + slot * STAGE_BYTES + A_BYTES + S_BYTES + Z_BYTES, x, M, K, m0, kt * BK);
   };
 
   auto compute = [&](int slot) {
@@ -125,6 +127,6 @@ w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
     }
   };
 
-  T::pipeline(KT, load, compute);
+  T::pipeline(KT, load_w, load_x, compute);
   T::template epilogue<BIAS>(acc, smem, y, bias, M, N, m0, n0, p);
 }

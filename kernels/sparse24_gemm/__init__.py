@@ -6,9 +6,11 @@ once, into ``values`` (the kept half) and ``meta`` (2-bit positions) — ``packi
 format; fp32 accumulation. M is dynamic; N, K (a multiple of 4) and bias are static.
 
 One implementation, ``cuda``: mma.sp.sync m16n8k32 (sm_80+) with the weight as the sparse A
-operand, on the tiles of ``int4_gemm/gemm_tiles.cuh``. Triton has no sparse-MMA primitive (as of
-3.9 neither ``tl.dot`` nor Gluon's MMA ops take metadata, and its compiler emits no ``mma.sp``),
-so there is no Triton path: see docs/gemms.md.
+operand, on the tiles of ``int4_gemm/gemm_tiles.cuh``; like int4_gemm's, a programmatic dependent
+launch that requests its first stages of ``values`` and ``meta`` before waiting for the kernel
+ahead of it. Triton has no sparse-MMA primitive (as of 3.9 neither ``tl.dot`` nor Gluon's MMA
+ops take metadata, and its compiler emits no ``mma.sp``), so there is no Triton path: see
+docs/gemms.md.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ CUDA = Impl(
              HERE / "sparse24.cu"),
     space=tiles.SPACE,
     launches=(Launch("sparse24_gemm", tiles.GRID, ("x", "values", "meta", "bias", "y", "M", "N", "K"),
-                     threads=tiles.THREADS, smem="SMEM"),),
+                     threads=tiles.THREADS, smem="SMEM", pdl=True),),
     constants=_constants,
     valid=_valid,
     heuristic=lambda shape, dtype, gpu: tiles.heuristic(shape, gpu, _stage_bytes),
@@ -135,7 +137,7 @@ class Sparse24Weight:
 def prepare(w: torch.Tensor, prune: bool = False, dtype: torch.dtype | None = None) -> Sparse24Weight:
     """Compress a 2:4-sparse weight [N, K] once (``prune=True`` prunes it by magnitude first);
     a weight that is not 2:4 is refused with ValueError."""
-    tensors = compress(prune_24(w) if prune else w, dtype)
+    tensors = tiles.settled(compress(prune_24(w) if prune else w, dtype))
     return Sparse24Weight(tensors, w.shape[0], w.shape[1])
 
 

@@ -46,7 +46,7 @@ sparse24_gemm(const ct_t* __restrict__ x, const ct_t* __restrict__ values,
   float acc[WN][WM][4];
   T::zero(acc);
 
-  auto load = [&](int slot, int kt) {
+  auto load_w = [&](int slot, int kt) {
     char* st = smem + slot * STAGE_BYTES;
     const int k0 = kt * BK;
     T::load_tile<BN, BK, 16>(st, reinterpret_cast<const char*>(values) + (ct_i64)n0 * kp + k0, kp,
@@ -55,7 +55,9 @@ sparse24_gemm(const ct_t* __restrict__ x, const ct_t* __restrict__ values,
     T::load_tile<BN / 2, BK / 4, 16>(st + V_BYTES,
                                      reinterpret_cast<const char*>(meta) + (ct_i64)(n0 / 2) * (kp / 4) + k0 / 4,
                                      kp / 4, np / 2 - n0 / 2, (kp - k0) / 4, flat);
-    T::load_x<XVEC>(st + V_BYTES + E_BYTES, x, M, K, m0, k0);
+  };
+  auto load_x = [&](int slot, int kt) {
+    T::load_x<XVEC>(smem + slot * STAGE_BYTES + V_BYTES + E_BYTES, x, M, K, m0, kt * BK);
   };
 
   auto compute = [&](int slot) {
@@ -90,6 +92,6 @@ sparse24_gemm(const ct_t* __restrict__ x, const ct_t* __restrict__ values,
     }
   };
 
-  T::pipeline(KT, load, compute);
+  T::pipeline(KT, load_w, load_x, compute);
   T::template epilogue<BIAS>(acc, smem, y, bias, M, N, m0, n0, p);
 }

@@ -1,7 +1,10 @@
-"""Random valid configs of a space on this GPU, and checking each against the reference."""
+"""Random valid configs of a space on this GPU, and checking each against the reference; a
+kernel's launches chained through their outputs in one CUDA graph."""
 import random
 
-from kernels import gpu, verify
+import torch
+
+from kernels import gpu, launch, verify
 
 
 def random_valid_configs(impl, shape, dtype="float16", count=12, seed=0, tries=5000):
@@ -23,3 +26,29 @@ def check_random_configs(kernel, impl_name, shape, dtype="float16", count=12, se
     for i, config in enumerate(random_valid_configs(impl, shape, dtype, count, seed)):
         v = verify.verify(kernel, impl, config, shape, dtype, "cuda", seed=i)
         assert v.ok, f"{kernel.name}/{impl_name} {config}: {v}"
+
+
+def check_chain_in_graph(kernel, impl_name, shape, inputs, steps=4, tol=1e-2):
+    """Calls chained through their outputs (x -> y1 -> y2 ...) in one CUDA graph, the outputs
+    poisoned (NaN) first: on sm_90+ every launch declared ``pdl`` is a programmatic dependent
+    one, so a kernel that read its input before its wait would see a stale or NaN x and miss
+    its step's reference. ``shape`` must map y's shape onto x's."""
+    chosen = kernel.impl(impl_name)
+    config = launch.default_config(kernel, chosen, shape, "float16")
+    ys = [inputs["x"]] + [torch.full_like(inputs["x"], float("nan")) for _ in range(steps)]
+
+    def chain():
+        for a, b in zip(ys, ys[1:]):
+            launch.run(kernel, chosen, config, {**inputs, "x": a, "y": b}, shape)
+
+    chain()                               # compile and load outside the capture
+    for y in ys[1:]:
+        y.fill_(float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain()
+    graph.replay()
+    torch.cuda.synchronize()
+    for i, (a, b) in enumerate(zip(ys, ys[1:])):
+        ref = kernel.reference({**inputs, "x": a}, shape, {})["y"]
+        assert verify.relative_error(b, ref) < tol, f"{impl_name} {config}: step {i + 1}"

@@ -10,7 +10,7 @@ from kernels import launch, verify
 from kernels.conv_module import KERNEL as K
 from kernels.conv_module import conv_module, prepare_weights
 from kernels.conv_module.reference import WenetConvModule, reference
-from tests.gpu.sampling import check_random_configs
+from tests.gpu.sampling import check_chain_in_graph, check_random_configs
 
 pytestmark = pytest.mark.gpu
 IMPLS = [i.name for i in K.impls]
@@ -79,28 +79,8 @@ def test_offsets_past_2_to_the_31(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_chained_calls_in_a_graph(impl):
-    """Modules chained through their outputs (x -> y1 -> y2 ...) in one CUDA graph: on sm_90+
-    every launch is a programmatic dependent one, so a kernel that read before its wait would
-    see a stale or poisoned (NaN) input and miss its step's reference."""
+    """Modules chained through their outputs in one CUDA graph (programmatic dependent launches
+    on sm_90+): each step against its reference."""
     shape = _shape(8, 301, 256, 31, 0, 0)
-    chosen = K.impl(impl)
     gen = torch.Generator(device="cuda").manual_seed(11)
-    inputs = K.make_inputs(shape, torch.float16, "cuda", gen)
-    config = launch.default_config(K, chosen, shape, "float16")
-    ys = [inputs["x"]] + [torch.full_like(inputs["x"], float("nan")) for _ in range(4)]
-
-    def chain():
-        for a, b in zip(ys, ys[1:]):
-            launch.run(K, chosen, config, {**inputs, "x": a, "y": b}, shape)
-
-    chain()                               # compile and load outside the capture
-    for y in ys[1:]:
-        y.fill_(float("nan"))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        chain()
-    graph.replay()
-    torch.cuda.synchronize()
-    for i, (a, b) in enumerate(zip(ys, ys[1:])):
-        ref = reference({**inputs, "x": a}, shape, {})["y"]
-        assert verify.relative_error(b, ref) < 1e-2, f"step {i + 1}"
+    check_chain_in_graph(K, impl, shape, K.make_inputs(shape, torch.float16, "cuda", gen))

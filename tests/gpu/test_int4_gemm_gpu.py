@@ -8,7 +8,7 @@ import torch
 import kernels
 from kernels import launch, verify
 from kernels.int4_gemm import dequantize, int4_linear, prepare
-from tests.gpu.sampling import check_random_configs
+from tests.gpu.sampling import check_chain_in_graph, check_random_configs
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("int4_gemm")
@@ -34,6 +34,15 @@ def test_sample_of_cuda_configs(m):
     """Random valid configs: ragged M and N tiles, every WARPS_K and pipeline depth."""
     check_random_configs(K, "cuda", {"M": m, "N": 200, "K": 640, "group": 64, "asym": 1, "with_bias": 1},
                          seed=m)
+
+
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_chained_calls_in_a_graph(m):
+    """GEMMs chained through their outputs in one CUDA graph: the CUDA kernel fetches its weight
+    before waiting for the one ahead (programmatic dependent launch, sm_90+), its x after."""
+    shape = {"M": m, "N": 2048, "K": 2048, "group": 128, "asym": 1, "with_bias": 1}
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    check_chain_in_graph(K, "cuda", shape, K.make_inputs(shape, torch.float16, "cuda", gen))
 
 
 @pytest.mark.parametrize("impl", ["cuda", "triton"])

@@ -7,7 +7,7 @@ import torch
 import kernels
 from kernels import launch, verify
 from kernels.sparse24_gemm import prepare, prune_24, sparse24_linear
-from tests.gpu.sampling import check_random_configs
+from tests.gpu.sampling import check_chain_in_graph, check_random_configs
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("sparse24_gemm")
@@ -28,6 +28,15 @@ def test_shapes(dtype, m, n, k, bias):
 @pytest.mark.parametrize("m", [1, 77, 1000])
 def test_sample_of_configs(m):
     check_random_configs(K, "cuda", {"M": m, "N": 200, "K": 452, "with_bias": 1}, seed=m)
+
+
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_chained_calls_in_a_graph(m):
+    """GEMMs chained through their outputs in one CUDA graph (weight fetched before the wait for
+    the kernel ahead, x after it)."""
+    shape = {"M": m, "N": 2048, "K": 2048, "with_bias": 1}
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    check_chain_in_graph(K, "cuda", shape, K.make_inputs(shape, torch.float16, "cuda", gen))
 
 
 def test_offsets_past_2_to_the_31():
