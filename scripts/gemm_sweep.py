@@ -1,0 +1,102 @@
+"""The INT4 and 2:4 CUDA GEMMs at small M on a GPU: every valid tile config whose token tile
+fits M, each checked against the float64 reference on poisoned outputs, then timed as a chain
+of calls in one CUDA graph over rotated inputs larger than the L2 (kernels.timing.bench_graph),
+as a programmatic dependent launch (the kernel fetches its weight before waiting for the one
+ahead) and, for the best few, as a plain launch; cuBLAS fp16 on the dense weight alongside.
+
+    python3 scripts/gemm_sweep.py [--kernel int4_gemm] [--m 1 16] [--n 4096] [--k 4096]
+
+fp16, group 128, asymmetric, no bias (the decode-like case of issue 6). Compiles run in
+parallel processes first (NVRTC's disk cache then serves the timing process).
+"""
+import argparse
+import dataclasses
+import itertools
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+from tqdm import tqdm
+
+import kernels
+from kernels import contract, launch, timing
+from kernels import gpu as gpus
+from kernels.int4_gemm import tiles
+
+
+def _shape(kernel, m, n, k):
+    if kernel == "int4_gemm":
+        return {"M": m, "N": n, "K": k, "group": 128, "asym": 1, "with_bias": 0}
+    return {"M": m, "N": n, "K": k, "with_bias": 0}
+
+
+def candidates(kernel, impl, shape, spec):
+    """Valid configs whose token tile (BM) is at most M rounded up to a multiple of 8."""
+    bm_max = max(8, -(-shape["M"] // 8) * 8)
+    out = []
+    for values in itertools.product(*impl.space.values()):
+        config = dict(zip(impl.space, values))
+        if tiles.sizes(config)["BM"] <= bm_max and impl.valid(config, shape, "float16", spec) is None:
+            out.append(config)
+    return out
+
+
+def _compile(job):
+    kernel, impl_name, config, shape, arch = job
+    k = kernels.get(kernel)
+    impl = k.impl(impl_name)
+    launch.cuda_cubin(impl, contract.resolved_constants(k, impl, config, shape, "float16"),
+                      "float16", arch)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernel", default="int4_gemm", choices=("int4_gemm", "sparse24_gemm"))
+    ap.add_argument("--m", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--k", type=int, default=4096)
+    ap.add_argument("--top", type=int, default=8)
+    args = ap.parse_args()
+    K = kernels.get(args.kernel)
+    impl = K.impl("cuda")
+    plain = dataclasses.replace(impl, launches=tuple(
+        dataclasses.replace(lc, pdl=False) for lc in impl.launches))
+    spec = gpus.running().spec
+    shapes = [_shape(args.kernel, m, args.n, args.k) for m in args.m]
+    jobs = [(args.kernel, "cuda", c, s, spec.arch) for s in shapes for c in candidates(K, impl, s, spec)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(tqdm(pool.map(_compile, jobs, chunksize=4), total=len(jobs), desc="compile"))
+    for shape in shapes:
+        cost = K.cost(shape, "float16")
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        sets = [K.make_inputs(shape, torch.float16, "cuda", gen)
+                for _ in range(timing.rotation(cost.bytes, max_sets=24))]
+        outs = [launch.empty_outputs(K, shape, "float16", "cuda") for _ in sets]
+        ref = K.reference(sets[0], shape, {})["y"]
+
+        def time(which, config):
+            return timing.bench_graph([lambda s=s, o=o: launch.run(K, which, config, {**s, **o}, shape)
+                                       for s, o in zip(sets, outs)], reps=15).median_us
+
+        rows = []
+        for config in tqdm(candidates(K, impl, shape, spec), desc=f"M={shape['M']}"):
+            outs[0]["y"].fill_(float("nan"))
+            launch.run(K, impl, config, {**sets[0], **outs[0]}, shape)
+            err = ((outs[0]["y"].double() - ref).norm() / ref.norm()).item()
+            if not err < 1e-2:
+                raise AssertionError(f"{config}: relative error {err}")
+            rows.append((time(impl, config), config))
+        rows.sort(key=lambda r: r[0])
+        cublas = timing.bench_graph([lambda s=s: K.baseline(s, shape, {}) for s in sets], reps=15).median_us
+        heur = launch.default_config(K, impl, shape, "float16")
+        gbps = lambda us: cost.bytes / (us * 1e-6) / 1e9   # noqa: E731
+        print(f"{args.kernel} M={shape['M']} N={shape['N']} K={shape['K']}: {len(rows)} configs, "
+              f"cuBLAS fp16 {cublas:.2f} us", flush=True)
+        print(f"  heuristic {heur}: pdl {time(impl, heur):.2f} us, plain {time(plain, heur):.2f} us")
+        for us, config in rows[:args.top]:
+            print(f"  {us:7.2f} us ({cublas / us:.2f}x cuBLAS, {gbps(us):.0f} GB/s), plain "
+                  f"{time(plain, config):7.2f} us  {config}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
