@@ -45,7 +45,7 @@ def report(doc: dict) -> str:
            f"dense fp16 matmul {first['fp16_tflops']:.0f} TFLOP/s.", ""]
     for group, rows in groups.items():
         baselines = [r["per_call_us"] for r in rows if r.get("role") != "candidate"
-                     and "speed of light" not in str(r.get("role"))]
+                     and not str(r.get("role")).startswith(("speed of light", "reference"))]
         base = min(baselines) if baselines else None
         out += [f"### {group}", "",
                 "| impl | role | µs per call | faster than best baseline | GB/s | of copy BW "
