@@ -192,17 +192,23 @@ class Search:
                 if reason is None and self.store.claim(self.name, key, trial.number, self.owner,
                                                        limit=self.trials):
                     return Proposal(trial, config, key, time.monotonic())
-                if reason is None and self._spent(self._claims()):   # another run took the last
-                    self._finish(trial, TrialState.FAIL, "budget", "the budget is claimed")
-                    return None
                 if reason is not None:
                     self._finish(trial, TrialState.PRUNED, "invalid", reason)
-                    anchor = config
-                else:
+                    self._redirect(config, {c.config for c in claims} | {key}, trial.number)
+                    continue
+                claims = self._claims()
+                taken = {c.config for c in claims}
+                if self._spent(claims):     # another run took the last trial of the budget
+                    self._finish(trial, TrialState.FAIL, "budget", "the budget is claimed")
+                    return None
+                if key in taken:
                     self._finish(trial, TrialState.FAIL, "duplicate", "measured or claimed")
                     best = best_of(self.study)
-                    anchor = best[0] if best else config
-                self._redirect(anchor, {c.config for c in claims} | {key}, trial.number)
+                    self._redirect(best[0] if best else config, taken | {key}, trial.number)
+                else:   # withdrawn: claimed together with another run's last free trial; again
+                    self._finish(trial, TrialState.FAIL, "withdrawn", "claimed at the same time "
+                                 "as another run's claim past the budget")
+                    self._redirect(config, taken, trial.number)
 
     def report(self, proposal: Proposal, m) -> None:
         """Record a measurement (an :class:`autotune.evaluate.Measurement`) of ``proposal``."""

@@ -122,6 +122,27 @@ def test_invalid_configs_are_pruned_and_never_evaluated(db, tmp_path):
     assert len(measured_log(tmp_path / "measured.log")) == 24
 
 
+def test_a_withdrawn_claim_is_asked_again(db, monkeypatch):
+    """A claim withdrawn because another run claimed past the budget at the same moment
+    (cache.Store.claim with a limit) is told FAIL "withdrawn", and the same config is claimed
+    again next: nothing is skipped and the budget is measured in full."""
+    task, = tasks(("cuda",), residual=(1,))
+    real, calls = db.claim, []
+
+    def racing(study, config, trial, owner, limit=None):
+        calls.append(config)
+        return False if len(calls) == 1 else real(study, config, trial, owner, limit)
+
+    monkeypatch.setattr(db, "claim", racing)
+    report = run.tune([task], "h100", db, settings(budget=Budget(6)))
+    assert report.measured == 6 and calls[1] == calls[0]
+    trials = optuna.load_study(study_name=task.study_name("h100"),
+                               storage=db.optuna_storage()).get_trials()
+    assert [outcome(t) for t in trials].count("withdrawn") == 1
+    assert calls[0] in {space.config_key(search.trial_config(t)) for t in trials
+                        if outcome(t) == "ok"}
+
+
 def test_failures_are_recorded_once_never_retried_and_never_win(db, tmp_path):
     task, = tasks(("triton",), hidden=8192, residual=(0,))
     valid = space.valid_configs(task, H100.spec)
