@@ -9,6 +9,7 @@
 #        sizes; DB_SEED=FILE starts from an earlier run's winners; TUNE_KERNELS="conv_module:cuda_dw
 #        linear_silu" tunes more kernels at TUNE_SEQ frames, TUNE_TRIALS configs per study)
 #   bash scripts/gpu_session.sh quality        # GP vs exhaustive grid (scripts/tuner_quality.py)
+#   bash scripts/gpu_session.sh sweep          # scripts/gemm_sweep.py $SWEEP_ARGS (small-M GEMM configs)
 #   bash scripts/gpu_session.sh pdl_ab         # benchmarks with programmatic dependent launch off,
 #       then on (CONFORMER_TRT_PDL=0/1), compared (AB_FILES="layernorm encoder", AB_K: a -k filter)
 #
@@ -94,6 +95,14 @@ phase_quality() {   # QUALITY_KERNELS=layernorm,relpos_attention: one JSON per k
         --out "$OUT/tuner_quality_$k.json" 2>&1 | tee "$OUT/quality_$k.log" | tail -12
     summary+=("quality $k: $(grep '^overall' "$OUT/quality_$k.log" || echo 'no result (cut off?)')")
   done
+}
+
+phase_sweep() {
+  local t0=$SECONDS
+  timeout ${SWEEP_TIMEOUT:-400} python3 scripts/gemm_sweep.py ${SWEEP_ARGS:-} > "$OUT/sweep.log" 2> "$OUT/sweep.err"
+  local rc=$?
+  cat "$OUT/sweep.log"; tail -5 "$OUT/sweep.err"
+  summary+=("sweep ${SWEEP_ARGS:-}: rc $rc ($((SECONDS - t0)) s)")
 }
 
 phase_pdl_ab() {
