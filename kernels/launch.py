@@ -89,6 +89,12 @@ def pdl_enabled(lang: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def triton_pdl_args() -> dict:
+    """Launch arguments of a Triton kernel that calls ``triton_common.wait_for_predecessor(GDC)``:
+    a programmatic dependent launch where :func:`pdl_enabled`, else GDC=0 (a plain launch)."""
+    return {"GDC": 1, "launch_pdl": True} if pdl_enabled("triton") else {"GDC": 0}
+
+
 def triton_has_pdl() -> bool:
     """Whether this Triton can make a programmatic dependent launch of a kernel that waits."""
     import triton.language as tl
@@ -186,9 +192,8 @@ def _launch_triton(impl, launch, grid, env, values, shape, scalars, consts) -> N
     opts = {"num_warps": expr.evaluate(launch.num_warps, env)}
     if launch.num_stages is not None:
         opts["num_stages"] = expr.evaluate(launch.num_stages, env)
-    if launch.pdl and pdl_enabled("triton"):
-        kwargs["GDC"] = 1
-        opts["launch_pdl"] = True
+    if launch.pdl:
+        kwargs.update(triton_pdl_args())
     fn[grid](*args, **kwargs, **opts)
 
 

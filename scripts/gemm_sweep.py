@@ -71,11 +71,10 @@ def read_only_us(sets, pdl: bool) -> float:
         return torch.nn.functional.pad(raw, (0, -raw.numel() % 4)).view(torch.int32)
     words = [weight_words(s) for s in sets]
     outs = [torch.empty(triton.cdiv(w.numel(), block), dtype=torch.int32, device="cuda") for w in words]
-    pdl = pdl and launch.pdl_enabled("triton")
-    opts = {"launch_pdl": True} if pdl else {}
+    opts = launch.triton_pdl_args() if pdl else {"GDC": 0}
 
     def call(w, o):
-        return lambda: _read[(o.numel(),)](w, o, w.numel(), BLOCK=block, GDC=int(pdl), num_warps=8, **opts)
+        return lambda: _read[(o.numel(),)](w, o, w.numel(), BLOCK=block, num_warps=8, **opts)
     return timing.bench_graph([call(w, o) for w, o in zip(words, outs)], reps=15).median_us
 
 
@@ -97,9 +96,14 @@ def main():
     ap.add_argument("--only", nargs="*", default=[], metavar="NAME=VALUE",
                     help="sweep only the configs with these values")
     args = ap.parse_args()
-    only = {k: int(v) for k, v in (item.split("=") for item in args.only)}
     K = kernels.get(args.kernel)
     impl = K.impl("cuda")
+    only = {}
+    for item in args.only:
+        name, _, value = item.partition("=")
+        if name not in impl.space or not value.lstrip("-").isdigit():
+            ap.error(f"--only {item!r}: want NAME=INT with NAME one of {', '.join(impl.space)}")
+        only[name] = int(value)
     plain = dataclasses.replace(impl, launches=tuple(
         dataclasses.replace(lc, pdl=False) for lc in impl.launches))
     spec = gpus.running().spec

@@ -34,9 +34,8 @@ def _copy_words(X, Y, n, BLOCK: tl.constexpr, GDC: tl.constexpr):
 
 def _triton_copy(a, b, block):
     n = a.numel()
-    pdl = launch.pdl_enabled("triton")   # sm_90+, a Triton that has it
     return lambda: _copy_words[(triton.cdiv(n, block),)](
-        a, b, n, BLOCK=block, GDC=int(pdl), num_warps=8, **({"launch_pdl": True} if pdl else {}))
+        a, b, n, BLOCK=block, num_warps=8, **launch.triton_pdl_args())
 
 
 def _inputs(shape, n_sets, dtype=torch.float16):
