@@ -1,6 +1,13 @@
 """INT4 weight-only GEMM without a GPU: quantisation, the packed layout (nibble by nibble, against
 the fragment order the CUDA kernel reads), the public function through the Triton interpreter,
 and bad input refused before launch."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -108,3 +115,51 @@ def test_shape_rules_hold_for_the_contract_too():
         assert "multiple of the group" in impl.valid(config, bad, "float16", None)
         with pytest.raises(ValueError, match="multiple of the group"):
             impl.constants(config, bad, "float16")
+
+
+# Compiled in a subprocess: Triton's ahead-of-time compiler needs JIT functions, which a process
+# under TRITON_INTERPRET=1 (this one, without a GPU) does not have.
+_AOT = """
+import json, os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from kernels.int4_gemm import KERNEL, triton_impl
+shape = {"M": 16000, "N": 1024, "K": 256, "group": 128, "asym": 1, "with_bias": 1}
+impl = KERNEL.impl("triton")
+config = impl.heuristic(shape, "float16", None)
+consts = impl.constants(config, shape, "float16")
+fn = triton_impl.w4a16_gemm
+sig = {"X": "*fp16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*fp16", "Y": "*fp16",
+       "WS": "*u8", "M": "i32"}
+const = {p.name: consts[p.name] for p in fn.params if p.name not in sig}
+sig.update({name: "constexpr" for name in const})
+target = GPUTarget("cuda", 90, 32)
+options = make_backend(target).parse_options({"num_warps": config["num_warps"],
+                                              "num_stages": config["num_stages"]}).__dict__
+c = triton.compile(ASTSource(fn, sig, const, {(i,): [["tt.divisibility", 16]] for i in range(7)}),
+                   target=target, options=options)
+tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+usage = None
+if os.path.exists(tool):
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(c.asm["cubin"]); f.flush()
+        usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+print(json.dumps({"config": config, "wgmma": c.asm["ptx"].count("wgmma.mma_async"),
+                  "local": re.findall(r"LOCAL:(\\d+)", usage) if usage else None}))
+"""
+
+
+def test_large_m_triton_tiles_compile_to_wgmma_without_spilling():
+    """The large-M heuristic tile, compiled ahead of time for sm_90: warpgroup MMAs, no local
+    memory (a spill would show as LOCAL > 0 in the cubin's resource usage)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(_AOT)], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["wgmma"] > 0, result
+    if result["local"] is None:
+        pytest.skip("Triton's bundled cuobjdump is missing: spills not checked")
+    assert result["local"] and all(v == "0" for v in result["local"]), result

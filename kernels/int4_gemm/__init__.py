@@ -14,7 +14,8 @@ Implementations:
   and compute-bound large M. A programmatic dependent launch on sm_90+: it requests its first
   stages of ``qweight``, ``scales`` and ``zeros`` before waiting for the kernel ahead of it, so
   that kernel must not write them (engine constants it is not; :func:`prepare` synchronises).
-* ``triton``: ``tl.dot`` on tiles dequantised after a gather of the packed words.
+* ``triton``: per K step, the x tile as it lies and the packed words dequantised in registers
+  into natural-k weight tiles, one ``tl.dot`` per half of the N tile (rows n and n + 8).
 * ``triton_splitk``: the same with K split over SPLIT_K programs and a reduction launch.
 """
 from __future__ import annotations
@@ -109,7 +110,7 @@ def _triton_valid(config, shape, dtype, gpu):
     if bm * bn > 128 * threads:
         return f"{bm * bn // threads} fp32 accumulators per thread would spill"
     if bk * bn > 128 * threads:
-        return f"a {bk}x{bn} weight tile is {bk * bn // threads} gathered words per thread"
+        return f"a {bk}x{bn} weight tile is {bk * bn // threads} dequantised weights per thread"
     # x and the packed words per stage, and the dot operands (seen: Triton 3.9 for sm_90 takes
     # 15-53 KB for the tiles of this space's middle, under this estimate)
     smem = config["num_stages"] * (2 * bm * bk + bn * bk // 2) + 2 * bk * bn
@@ -126,8 +127,9 @@ def _pow2_at_least(n: int, lo: int, hi: int) -> int:
 
 
 def _triton_heuristic(shape, dtype, gpu, split=False):
-    """From the H100 sweeps (docs/gemms.md): small M wants long K steps and narrow N tiles (or,
-    split, 4-8 parts); large M 128 x 256 tiles."""
+    """From the H100 sweeps (docs/gemms.md) of the previous, per-nibble design — not yet re-swept
+    for the natural-k one: small M wants long K steps and narrow N tiles (or, split, 4-8 parts);
+    large M 128 x 256 tiles."""
     m, k = shape["M"], shape["K"]
     if m > 64:
         config = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8}
