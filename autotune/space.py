@@ -72,7 +72,7 @@ def tasks(kernel_names: list[str], dtypes: list[str], dims: list[ModelDims]) -> 
             for shape in (s for d in dims for s in k.tune_shapes(d)):
                 shape = contract.check_shape(k, shape)
                 bucket = tuple(contract.bucket_of(k, shape).items())
-                for impl in k.impls:
+                for impl in k.impls_for(dtype):
                     out.setdefault((name, impl.name, dtype, bucket),
                                    Task(name, impl.name, dtype, tuple(shape.items()), bucket))
     return list(out.values())

@@ -64,8 +64,8 @@ def validate(row: dict, check_source: bool = True) -> Winner:
         impl = kernel.impl(row["impl"])
     except (ValueError, TypeError) as exc:
         raise InvalidWinner(str(exc)) from None
-    if row["dtype"] not in kernel.dtypes:
-        raise InvalidWinner(f"{kernel.name}: dtype {row['dtype']!r} not supported")
+    if row["dtype"] not in kernel.dtypes_of(impl):
+        raise InvalidWinner(f"{kernel.name}/{impl.name}: dtype {row['dtype']!r} not supported")
     for key in ("gpu", "device_name", "cc", "driver", "cuda", "triton", "source_hash", "created_at"):
         if not isinstance(row[key], str) or not _TEXT.fullmatch(row[key].replace(":", "").replace("+", "")):
             raise InvalidWinner(f"field {key}={row[key]!r} is not plain text")

@@ -110,6 +110,7 @@ class Impl:
     heuristic: Callable[[Shape, str, GpuSpec], Config]           # untuned default
     fns: Mapping[str, Any] = field(default_factory=dict)         # Triton JIT functions by name
     workspaces: tuple[tuple[str, str], ...] = ()                 # (name, bytes expression)
+    dtypes: tuple[str, ...] | None = None   # activation dtypes it takes; None: all the kernel's
 
     @property
     def lang(self) -> str:
@@ -141,6 +142,14 @@ class Kernel:
                 return impl
         raise ValueError(f"kernel {self.name!r} has no implementation {name!r}; "
                          f"it has {[i.name for i in self.impls]}")
+
+    def dtypes_of(self, impl: Impl) -> tuple[str, ...]:
+        """The activation dtypes ``impl`` takes."""
+        return self.dtypes if impl.dtypes is None else impl.dtypes
+
+    def impls_for(self, dtype: str) -> tuple[Impl, ...]:
+        """The implementations that take ``dtype``."""
+        return tuple(i for i in self.impls if dtype in self.dtypes_of(i))
 
     @property
     def dynamic_dims(self) -> tuple[str, ...]:
@@ -208,8 +217,9 @@ def resolved_constants(kernel: Kernel, impl: Impl, config: Config, shape: Shape,
     """Check everything, then the implementation's compile-time constants for it."""
     config = check_config(impl, config)
     shape = check_shape(kernel, shape)
-    if dtype not in kernel.dtypes:
-        raise TypeError(f"{kernel.name} supports dtypes {list(kernel.dtypes)}, not {dtype}")
+    if dtype not in kernel.dtypes_of(impl):
+        raise TypeError(f"{kernel.name}/{impl.name} supports dtypes "
+                        f"{list(kernel.dtypes_of(impl))}, not {dtype}")
     consts = impl.constants(config, shape, dtype)
     for k, v in consts.items():
         if not k.isidentifier() or type(v) is not int:
@@ -253,6 +263,9 @@ def validate_declaration(kernel: Kernel) -> None:
         if not impl.space or any(not vals or any(type(v) is not int for v in vals)
                                  for vals in impl.space.values()):
             raise ValueError(f"{kernel.name}/{impl.name}: config space needs int values")
+        if impl.dtypes is not None and (not impl.dtypes or set(impl.dtypes) - set(kernel.dtypes)):
+            raise ValueError(f"{kernel.name}/{impl.name}: dtypes {impl.dtypes} must be some of "
+                             f"the kernel's {kernel.dtypes}")
         args_ok = dims | tensors | set(kernel.scalars) | {w for w, _ in impl.workspaces}
         for launch in impl.launches:
             bad = set(launch.args) - args_ok

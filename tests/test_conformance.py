@@ -10,7 +10,7 @@ from kernels import contract, gpu, verify
 from tests.conftest import HAS_GPU
 
 CASES = [(k.name, i.name, dt) for k in kernels.registry().values() for i in k.impls
-         for dt in k.dtypes]
+         for dt in k.dtypes_of(i)]
 
 
 def _configs(impl, shape, dtype, spec, n_random=2, seed=0):

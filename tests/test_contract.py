@@ -38,7 +38,7 @@ def test_heuristic_configs_are_valid_everywhere(name, target):
     k, spec = kernels.get(name), gpu.by_name(target)
     for impl in k.impls:
         for shape in k.tune_shapes(ModelDims()) + list(k.examples):
-            for dtype in k.dtypes:
+            for dtype in k.dtypes_of(impl):
                 config = contract.check_config(impl, impl.heuristic(shape, dtype, spec))
                 assert impl.valid(config, shape, dtype, spec) is None, (impl.name, shape, dtype)
                 consts = contract.resolved_constants(k, impl, config, shape, dtype)

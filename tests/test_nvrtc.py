@@ -15,7 +15,7 @@ def test_cuda_impls_compile_for_every_arch(name, impl_name, arch):
     k = kernels.get(name)
     impl = k.impl(impl_name)
     spec = gpu.for_arch(arch)
-    for dtype in k.dtypes:
+    for dtype in k.dtypes_of(impl):
         for shape in k.examples:
             config = impl.heuristic(shape, dtype, spec)
             consts = contract.resolved_constants(k, impl, config, shape, dtype)

@@ -71,6 +71,8 @@ def make_winners(gpu_name: str, kernel_names=None, dtypes=None, statics=None, sc
                     bucket = contract.bucket_of(k, shape)
                     first, turn = turn % len(candidates), turn + 1
                     for impl in candidates[first:] + candidates[:first]:
+                        if dtype not in k.dtypes_of(impl):
+                            continue
                         config = contract.check_config(impl, impl.heuristic(bucket, dtype, spec))
                         if impl.valid(config, bucket, dtype, spec) is None:
                             break

@@ -155,7 +155,7 @@ def test_bad_input_is_refused(device, change, error, match):
     ({"num_heads": 2, "chunk_size": 0}, "chunk_size must be an int >= 1"),
     ({"num_heads": 2, "chunk_size": -16}, "chunk_size must be an int >= 1"),
     ({"num_heads": 2, "num_left_chunks": 1.5}, "num_left_chunks must be an int"),
-    ({"num_heads": 2, "impl": "cuda"}, "no implementation 'cuda'"),
+    ({"num_heads": 2, "impl": "cutlass"}, "no implementation 'cutlass'"),
 ])
 def test_bad_arguments_are_refused(device, kw, match):
     x = _inputs(device, _shape(t=9))
@@ -215,3 +215,22 @@ def test_legacy_form_is_wenets(device):
     assert verify.relative_error(out, ref) < 1e-2
     with pytest.raises(ValueError, match="legacy=True"):
         rel_pos_attention(x["q"], x["k"], x["v"], x["lengths"], 2, legacy=True)
+
+
+def test_cuda_impl_takes_fp16_and_bf16_only():
+    """fp32 goes to the Triton implementation: the CUDA one refuses it by name, in its rule and
+    before any constant reaches the compiler, and the tuner never makes a task of it."""
+    from autotune import space
+    from kernels import contract
+    from kernels.contract import ModelDims
+
+    cuda = K.impl("cuda")
+    shape = _shape(t=9)
+    config = cuda.heuristic(shape, "float16", None)
+    assert K.dtypes_of(cuda) == ("float16", "bfloat16")
+    assert "float32 activations" in cuda.valid(config, shape, "float32", None)
+    with pytest.raises(TypeError, match=r"relpos_attention/cuda supports dtypes \['float16', 'bfloat16'\]"):
+        contract.resolved_constants(K, cuda, config, shape, "float32")
+    tasks = space.tasks(["relpos_attention"], ["float32", "float16"], [ModelDims()])
+    assert {(t.impl, t.dtype) for t in tasks} == {("triton", "float32"), ("triton", "float16"),
+                                                  ("cuda", "float16")}

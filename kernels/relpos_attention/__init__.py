@@ -14,6 +14,15 @@ pos_bias_u/pos_bias_v [H, d_k], lengths [B] int32. Query rows at or past their s
 come out as zeros; rows with no key to attend too, never NaN. Softmax statistics and the
 accumulator are fp32. Lengths outside [0, T] are clamped in the kernel (never an out-of-bounds
 read); ``rel_pos_attention(..., check_lengths=True)`` refuses them instead, at the cost of a sync.
+
+Implementations:
+
+* ``triton`` (``triton_impl.py``): every dtype; the position term's shift is a ``tl.gather`` of
+  the band, which Triton stages in shared memory.
+* ``cuda`` (``relpos_attn.cu``, fp16/bf16): mma.sync with 16 query rows per warp; each warp
+  writes its band of position scores to its own shared-memory rows and reads them back shifted,
+  with only a warp barrier between. A programmatic dependent launch on sm_90+ (it waits before
+  its first read).
 """
 from __future__ import annotations
 
@@ -108,6 +117,80 @@ TRITON = Impl(
 )
 
 
+# ---- CUDA ----------------------------------------------------------------------------------
+
+CUDA_SPACE = {"BN": (16, 32, 64), "WARPS": (2, 4, 8), "STAGES": (2, 3)}
+
+
+def _cuda_smem(config, shape) -> int:
+    """relpos_attn.cu's layout: STAGES x (K, V and the rows of p), q + u (and q + v), and each
+    warp's band (ESPnet form) with rows padded to 8 mod 32 floats."""
+    bn, bm, rel, rb = config["BN"], 16 * config["WARPS"], shape["rel"], 2 * shape["DK"]
+    p_rows = bm + bn if rel == 1 else bn if rel == 2 else 0
+    sb = bn + 16 + (8 - (bn + 16)) % 32
+    band = 16 * config["WARPS"] * sb * 4 if rel == 1 else 0
+    return config["STAGES"] * (2 * bn + p_rows) * rb + (1 + bool(rel)) * bm * rb + band
+
+
+def _cuda_constants(config, shape, dtype):
+    _check_head_dim(shape["DK"])
+    return {"HEADS": shape["H"], "HEAD_DIM": shape["DK"], "REL": shape["rel"], "CHUNK": shape["chunk"],
+            "LEFT": shape["left_chunks"], "PACKED": shape["packed"], "BN": config["BN"],
+            "WARPS": config["WARPS"], "STAGES": config["STAGES"],
+            "SMEM": _cuda_smem(config, shape)}
+
+
+def _cuda_valid(config, shape, dtype, gpu):
+    if dtype not in CUDA_DTYPES:
+        return f"{dtype} activations: the tensor-core kernel takes {list(CUDA_DTYPES)}"
+    if shape["DK"] not in HEAD_DIMS:
+        return f"head dim {shape['DK']} is not one of {list(HEAD_DIMS)}"
+    bn, bm, dk, rel = config["BN"], 16 * config["WARPS"], shape["DK"], shape["rel"]
+    if max(bm, bn) > max(32, pow2(shape["T"])):
+        return "a block longer than the sequence"
+    if -(-shape["T"] // bm) * shape["B"] * shape["H"] > 2**31 - 1:
+        return "more than 2^31-1 CTAs"
+    # fp32 registers per thread: q + u (and q + v) fragments, the output accumulator, the
+    # scores, and the band the skew stores (ESPnet form)
+    words = dk // 4 * (1 + bool(rel)) + dk // 2 + bn // 2 + (rel == 1) * (bn // 2 + 8)
+    if words > MAX_CUDA_WORDS:
+        return f"about {words} live registers per thread for tiles alone would spill"
+    smem = _cuda_smem(config, shape)
+    cap = gpu.smem_per_block if gpu is not None else 99 * 1024
+    if smem > cap:
+        return f"{smem} bytes of shared memory (limit {cap})"
+    return None
+
+
+def _cuda_heuristic(shape, dtype, gpu):
+    """64 queries (4 warps) per CTA, 64 keys per block (32 at d_k 128, for registers), two
+    stages; smaller where the sequence or the shared memory is."""
+    bn = 32 if shape["DK"] == 128 else 64
+    for config in ({"BN": bn, "WARPS": 4, "STAGES": 2}, {"BN": 32, "WARPS": 4, "STAGES": 2},
+                   {"BN": 32, "WARPS": 2, "STAGES": 2}, {"BN": 16, "WARPS": 2, "STAGES": 2}):
+        if _cuda_valid(config, shape, dtype, gpu) is None:
+            return config
+    return config
+
+
+CUDA_DTYPES = ("float16", "bfloat16")
+MAX_CUDA_WORDS = 168
+
+CUDA = Impl(
+    name="cuda",
+    sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
+             HERE / "relpos_attn.cu"),
+    space=CUDA_SPACE,
+    launches=(Launch("relpos_attn_fwd", ("cdiv(T, 16 * WARPS) * B * H", "1", "1"),
+                     ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T"),
+                     threads="32 * WARPS", smem="SMEM", pdl=True),),
+    constants=_cuda_constants,
+    valid=_cuda_valid,
+    heuristic=_cuda_heuristic,
+    dtypes=CUDA_DTYPES,
+)
+
+
 # ---- the declaration -----------------------------------------------------------------------
 
 def _reference(inputs, shape, scalars):
@@ -181,7 +264,7 @@ KERNEL = Kernel(
              TensorSpec("out", ("B", "T", "H * DK"), role="out")),
     scalars={},
     dtypes=("float16", "bfloat16", "float32"),
-    impls=(TRITON,),
+    impls=(TRITON, CUDA),
     reference=_reference,
     baseline=_baseline,
     make_inputs=_make_inputs,

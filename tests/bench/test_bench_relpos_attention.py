@@ -69,14 +69,14 @@ IMPLS = {
 
 
 @pytest.mark.parametrize("t", SEQ)
-@pytest.mark.parametrize("impl", ["triton", "sdpa", "sdpa_bias", "eager", "compile"])
+@pytest.mark.parametrize("impl", ["triton", "cuda", "sdpa", "sdpa_bias", "eager", "compile"])
 def test_relpos_attention(measure, benchmark, impl, t):
     shape = _shape(t, rel=0 if impl == "sdpa" else 1)
     cost = K.cost(_shape(t), "float16")
     sets = _sets(shape, timing.rotation(cost.bytes))
     benchmark.group = f"relpos_attention fp16 B32 H4 dk64 T{t}"
-    if impl == "triton":
-        config = launch.default_config(K, K.impl("triton"), shape, "float16")
+    if impl in ("triton", "cuda"):
+        config = launch.default_config(K, K.impl(impl), shape, "float16")
         _measure_kernel(measure, sets, shape, cost, config, impl)
         return
     if impl == "sdpa":
@@ -89,7 +89,7 @@ def test_relpos_attention(measure, benchmark, impl, t):
 
 
 @pytest.mark.parametrize("t", SEQ)
-@pytest.mark.parametrize("impl", ["triton", "sdpa"])
+@pytest.mark.parametrize("impl", ["triton", "cuda", "sdpa"])
 def test_plain_attention(measure, benchmark, impl, t):
     """rel=0 (torchaudio's Conformer) against SDPA, both on the plain attention's work."""
     shape = _shape(t, rel=0)
@@ -99,12 +99,12 @@ def test_plain_attention(measure, benchmark, impl, t):
     if impl == "sdpa":
         measure([lambda s=s: _sdpa(s, shape) for s in sets], cost, role="baseline", impl=impl)
         return
-    config = launch.default_config(K, K.impl("triton"), shape, "float16")
+    config = launch.default_config(K, K.impl(impl), shape, "float16")
     _measure_kernel(measure, sets, shape, cost, config, impl)
 
 
 def _measure_kernel(measure, sets, shape, cost, config, impl):
-    chosen = K.impl("triton")
+    chosen = K.impl(impl)
     outs = [launch.empty_outputs(K, shape, "float16", "cuda") for _ in sets]
     calls = [lambda s=s, o=o: launch.run(K, chosen, config, {**s, **o}, shape)
              for s, o in zip(sets, outs)]

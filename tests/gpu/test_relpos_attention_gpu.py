@@ -1,7 +1,7 @@
-"""Relative-position attention on the GPU: T from 1 to 2000 and odd, every head dim and dtype,
-all three position forms (ESPnet, WeNet legacy, plain),
-ragged lengths with an empty sequence, chunk masks, a sample of the config space, plain attention
-against SDPA, and a batch whose element offsets pass 2^31."""
+"""Relative-position attention on the GPU, both implementations (the CUDA one for fp16/bf16):
+T from 1 to 2000 and odd, every head dim and dtype, all three position forms (ESPnet, WeNet
+legacy, plain), ragged lengths with an empty sequence, chunk masks, a sample of the config space,
+plain attention against SDPA, and a batch whose element offsets pass 2^31."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from tests.gpu.sampling import random_valid_configs
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("relpos_attention")
-TRITON = K.impl("triton")
+IMPLS = ["triton", "cuda"]
 
 
 def _shape(b=3, t=500, h=2, dk=64, chunk=0, left=-1, rel=1, packed=0):
@@ -20,74 +20,114 @@ def _shape(b=3, t=500, h=2, dk=64, chunk=0, left=-1, rel=1, packed=0):
             "packed": packed, "rel": rel}
 
 
-def _check(shape, dtype, config=None, seed=0):
-    config = config or launch.default_config(K, TRITON, shape, dtype)
-    v = verify.verify(K, TRITON, config, shape, dtype, "cuda", seed=seed)
-    assert v.ok, f"{shape} {dtype} {config}: {v}"
+def _check(impl, shape, dtype, config=None, seed=0):
+    chosen = K.impl(impl)
+    config = config or launch.default_config(K, chosen, shape, dtype)
+    v = verify.verify(K, chosen, config, shape, dtype, "cuda", seed=seed)
+    assert v.ok, f"{impl} {shape} {dtype} {config}: {v}"
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("dk", [32, 64, 128])
 @pytest.mark.parametrize("t", [1, 333, 500, 2000])
-def test_lengths_and_head_dims(t, dk, dtype):
-    _check(_shape(t=t, dk=dk), dtype, seed=t + dk)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_lengths_and_head_dims(impl, t, dk, dtype):
+    _check(impl, _shape(t=t, dk=dk), dtype, seed=t + dk)
 
 
 @pytest.mark.parametrize("t", [77, 500, 2000])
-def test_plain_attention(t):
-    _check(_shape(t=t, rel=0), "float16")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_plain_attention(impl, t):
+    _check(impl, _shape(t=t, rel=0), "float16")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("dk", [32, 64, 128])
 @pytest.mark.parametrize("t", [1, 333, 2000])
-def test_wenet_legacy_form(t, dk, dtype):
-    _check(_shape(t=t, dk=dk, rel=2), dtype, seed=t + dk)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_wenet_legacy_form(impl, t, dk, dtype):
+    _check(impl, _shape(t=t, dk=dk, rel=2), dtype, seed=t + dk)
 
 
 @pytest.mark.parametrize("rel", [0, 1, 2])
 @pytest.mark.parametrize("t", [1, 333, 1000])
 def test_float32(t, rel):
-    _check(_shape(t=t, rel=rel), "float32", seed=t + rel)
+    _check("triton", _shape(t=t, rel=rel), "float32", seed=t + rel)
 
 
 @pytest.mark.parametrize("rel", [1, 0, 2])
 @pytest.mark.parametrize("chunk, left", [(1, -1), (16, -1), (16, 0), (16, 2), (64, 1), (300, -1)])
-def test_chunk_masks(chunk, left, rel):
-    _check(_shape(t=257, chunk=chunk, left=left, rel=rel), "float16", seed=chunk)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_chunk_masks(impl, chunk, left, rel):
+    _check(impl, _shape(t=257, chunk=chunk, left=left, rel=rel), "float16", seed=chunk)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("rel", [1, 2, 0])
 @pytest.mark.parametrize("t, dk, chunk", [(1, 64, 0), (500, 64, 0), (333, 32, 16), (1000, 128, 0)])
-def test_packed_qkv(t, dk, chunk, rel, dtype):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_packed_qkv(impl, t, dk, chunk, rel, dtype):
     """q | k | v in one [B, T, 3*H*d_k] tensor, as the encoder's fused projection makes it."""
-    _check(_shape(t=t, dk=dk, chunk=chunk, rel=rel, packed=1), dtype, seed=t + rel)
+    _check(impl, _shape(t=t, dk=dk, chunk=chunk, rel=rel, packed=1), dtype, seed=t + rel)
 
 
-@pytest.mark.parametrize("rel, dtype", [(1, "float16"), (2, "float16"), (1, "float32")])
-def test_sample_of_the_config_space(rel, dtype):
+@pytest.mark.parametrize("impl, rel, dtype", [("triton", 1, "float16"), ("triton", 2, "float16"),
+                                              ("triton", 1, "float32"), ("cuda", 1, "float16"),
+                                              ("cuda", 2, "bfloat16"), ("cuda", 0, "float16")])
+def test_sample_of_the_config_space(impl, rel, dtype):
     shape = _shape(t=300, rel=rel)
-    for i, config in enumerate(random_valid_configs(TRITON, shape, count=24, dtype=dtype)):
-        _check(shape, dtype, config, seed=i)
+    count = 24 if impl == "triton" else 12
+    for i, config in enumerate(random_valid_configs(K.impl(impl), shape, count=count, dtype=dtype)):
+        _check(impl, shape, dtype, config, seed=i)
 
 
-def test_plain_attention_equals_sdpa():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_chained_calls_in_a_graph(impl):
+    """Each call's output is the next one's q, in one CUDA graph with the outputs poisoned: on
+    sm_90+ the launches are programmatic dependent ones, so a read of q (or of the lengths)
+    before the wait would see NaN or a stale value and miss the step's reference."""
+    shape = _shape(t=300, h=2, dk=64)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = K.make_inputs(shape, torch.float16, "cuda", gen)
+    chosen = K.impl(impl)
+    config = launch.default_config(K, chosen, shape, "float16")
+    qs = [x["q"]] + [torch.full_like(x["q"], float("nan")) for _ in range(4)]
+
+    def chain():
+        for a, b in zip(qs, qs[1:]):
+            launch.run(K, chosen, config, {**x, "q": a, "out": b}, shape)
+
+    chain()                               # compile and load outside the capture
+    for q in qs[1:]:
+        q.fill_(float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain()
+    graph.replay()
+    torch.cuda.synchronize()
+    for i, (a, b) in enumerate(zip(qs, qs[1:])):
+        ref = K.reference({**x, "q": a}, shape, {})["out"]
+        assert verify.relative_error(b, ref) < K.tolerance["float16"], f"{impl}: step {i + 1}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_plain_attention_equals_sdpa(impl):
     shape = _shape(b=4, t=640, h=4, rel=0)
     gen = torch.Generator(device="cuda").manual_seed(5)
     x = K.make_inputs(shape, torch.float16, "cuda", gen)
     x["lengths"].fill_(640)
-    out = launch.call(K, x, shape, "triton")["out"]
+    out = launch.call(K, x, shape, impl)["out"]
     heads = [x[n].view(4, 640, 4, 64).transpose(1, 2) for n in ("q", "k", "v")]
     sdpa = torch.nn.functional.scaled_dot_product_attention(*heads).transpose(1, 2)
     assert verify.relative_error(out, sdpa.reshape(4, 640, 256)) < 2e-3
 
 
-def test_offsets_past_2_to_the_31():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_offsets_past_2_to_the_31(impl):
     shape = _shape(b=4100, t=1024, h=4, dk=128)        # 2.15e9 elements in q, k, v and out
     gen = torch.Generator(device="cuda").manual_seed(11)
     x = K.make_inputs(shape, torch.float16, "cuda", gen)
-    out = launch.call(K, x, shape, "triton")["out"]
+    out = launch.call(K, x, shape, impl)["out"]
     pick = torch.tensor([0, 1, 2, 2049, 4098, 4099], device="cuda")
     small = {k: (t[pick].contiguous() if k in ("q", "k", "v", "lengths") else t)
              for k, t in x.items()}

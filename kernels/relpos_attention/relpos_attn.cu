@@ -1,0 +1,293 @@
+// Relative-position multi-head self-attention on the tensor cores (mma.sync m16n8k16), flash
+// style (online softmax over key blocks, fp32 statistics and accumulator; FlashAttention-2's
+// per-warp rows, arXiv:2307.08691). One CTA: BM = 16 WARPS queries of one (batch, head); each
+// warp owns 16 of them. Per key block of BN keys, a cp.async pipeline of STAGES stages brings K,
+// V and the rows of p the block needs into shared memory (XOR-swizzled rows, conflict-free
+// ldmatrix), and each warp computes
+//   s   = (q + u) . k^T                              16 x BN, A = q + u in registers
+//   bd  = rel_shift((q + v) . p^T)  (REL 1)          the warp's band, then the skew (below)
+//       = (q + v) . p[key]^T        (REL 2, WeNet's un-shifted form over p of T rows)
+//   softmax(s + bd) . v                              the probabilities stay in registers as the
+//                                                    A fragments of the P . V mma
+// The skew. After ESPnet's rel_shift the score of query i and key j uses p[T - 1 - i + j]. For
+// the CTA's query rows i0 + a and the block's keys j0 + c that is window row BM - 1 - a + c of
+// the BM + BN rows of p from pw0 = T - i0 - BM + j0, so warp w (a = 16 w + r) needs window rows
+// BM - 16 - 16 w + [0, BN + 16): its band, a [16, BN + 16] product with q + v. bd[r][c] =
+// band[r][c + 15 - r]: the warp writes its band (fp32) to its own shared-memory rows, and each
+// lane reads back the shifted elements of its own score fragment: ESPnet's pad-and-reshape as
+// shared-memory addressing, with only a warp barrier between.
+// Fragment layouts are the PTX ISA's ("Matrix Fragments for mma.m16n8k16"): lane = 4 g + t; A
+// rows g, g + 8; B column g; C rows g, g + 8, columns 2 t, 2 t + 1.
+// Macros: HEADS, HEAD_DIM (32/64/128), REL (0 plain, 1 ESPnet, 2 WeNet legacy), CHUNK (0: none),
+// LEFT (-1: all), PACKED (q | k | v in one tensor of rows 3 HEADS HEAD_DIM), BN (16/32/64 keys per
+// block), WARPS (BM = 16 WARPS), STAGES (2/3), SMEM (dynamic shared bytes).
+
+constexpr int BM = 16 * WARPS;
+constexpr int THREADS = 32 * WARPS;
+constexpr int HD = HEADS * HEAD_DIM;
+constexpr int QS = (1 + 2 * PACKED) * HD;      // row stride of q, k and v
+constexpr int RB = HEAD_DIM * 2;                     // bytes of a shared-memory row
+constexpr int CH = HEAD_DIM / 8;                     // 16-byte chunks per row
+constexpr int PROWS = REL == 1 ? BM + BN : (REL == 2 ? BN : 0);   // rows of p per stage
+constexpr int NB = BN / 8 + 2;                 // n8 tiles of a warp's band (REL 1)
+constexpr int SB0 = BN + 16;
+constexpr int SB = SB0 + ((8 - SB0) % 32 + 32) % 32;   // band row stride (floats), = 8 mod 32
+constexpr int STAGE_BYTES = (2 * BN + PROWS) * RB;
+constexpr int Q_BYTES = BM * RB;
+constexpr int BAND_BYTES = REL == 1 ? WARPS * 16 * SB * 4 : 0;
+constexpr int CHUNK_ = CHUNK > 0 ? CHUNK : 1;  // the divisor where CHUNK > 0
+#define NEG_INF (-__int_as_float(0x7f800000))
+static_assert(HEAD_DIM % 32 == 0 && BN % 16 == 0 && STAGES >= 2, "unsupported tile");
+static_assert(STAGES * STAGE_BYTES + (1 + (REL != 0)) * Q_BYTES + BAND_BYTES <= SMEM,
+              "tiles exceed SMEM");
+
+// Byte offset of 16-byte chunk q of row r in a tile of RB-byte rows.
+__device__ __forceinline__ int at(int r, int q) { return r * RB + gt_swz<RB>(r, q) * 16; }
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(gt_smem(p)));
+}
+
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+#if CT_DTYPE == 0
+  return ct_bits<unsigned>(__floats2half2_rn(lo, hi));
+#else
+  return ct_bits<unsigned>(__floats2bfloat162_rn(lo, hi));
+#endif
+}
+
+// ROWS rows of HEAD_DIM elements from ``src`` (row stride ``stride`` elements) starting at row
+// ``first``; rows outside [0, limit) are zero-filled.
+template <int ROWS>
+__device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 stride, int first,
+                                          int limit) {
+  for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
+    const int r = i / CH, q = i % CH, row = first + r;
+    const bool ok = row >= 0 && row < limit;
+    gt_cp_async<16>(dst + at(r, q), ok ? src + row * stride + q * 8 : src, ok);
+  }
+}
+
+// [(16 rows of the warp) x HEAD_DIM] A fragments from a Q tile: ks-th k16 step in a[ks].
+__device__ __forceinline__ void a_frags(unsigned (&a)[HEAD_DIM / 16][4], const char* tile, int w,
+                                        int lane) {
+#pragma unroll
+  for (int ks = 0; ks < HEAD_DIM / 16; ++ks)
+    gt_ldmatrix_x4(a[ks], tile + at(16 * w + lane % 8 + 8 * ((lane / 8) % 2), 2 * ks + lane / 16));
+}
+
+// acc[nt] += a . B^T for NT n8 tiles of B rows row0 + 8 nt (rows of K or p: [key][dim]).
+template <int NT>
+__device__ __forceinline__ void qk(float (&acc)[NT][4], const unsigned (&a)[HEAD_DIM / 16][4],
+                                   const char* tile, int row0, int lane) {
+  static_assert(NT % 2 == 0, "n8 tiles in pairs");
+#pragma unroll
+  for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      unsigned b[4];
+      gt_ldmatrix_x4(b, tile + at(row0 + 8 * (nt + lane / 16) + lane % 8, 2 * ks + (lane / 8) % 2));
+      gt_mma(acc[nt], a[ks], b[0], b[1]);
+      gt_mma(acc[nt + 1], a[ks], b[2], b[3]);
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
+                const ct_t* __restrict__ vg, const ct_t* __restrict__ pg,
+                const ct_t* __restrict__ pos_u, const ct_t* __restrict__ pos_v,
+                const int* __restrict__ lengths, ct_t* __restrict__ out, int T) {
+  extern __shared__ __align__(128) char smem[];
+  char* s_qu = smem + STAGES * STAGE_BYTES;
+  char* s_qv = s_qu + Q_BYTES;
+  float* s_band = reinterpret_cast<float*>(s_qu + (1 + (REL != 0)) * Q_BYTES);
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+  const int n_qb = (T + BM - 1) / BM;
+  const int qb = blockIdx.x % n_qb, bh = blockIdx.x / n_qb, b = bh / HEADS, h = bh % HEADS;
+  const int i0 = qb * BM;
+  ct_wait_for_predecessor();
+  const int length = min(max(lengths[b], 0), T);
+
+  const ct_i64 q_off = static_cast<ct_i64>(b) * T * QS + h * HEAD_DIM;
+  const ct_t* kh = kg + q_off + PACKED * HD;
+  const ct_t* vh = vg + q_off + 2 * PACKED * HD;
+  const ct_t* ph = REL ? pg + h * HEAD_DIM : pg;   // p is absent (null) for plain attention
+
+  // key window of the block as a whole (rows narrow it further below)
+  int lo = 0, hi = length;
+  if constexpr (CHUNK > 0) {
+    const int last = max(min(i0 + BM, length) - 1, 0);
+    hi = min((last / CHUNK_ + 1) * CHUNK_, length);
+    if (LEFT >= 0) lo = max((i0 / CHUNK_ - LEFT) * CHUNK_, 0);
+  }
+  if (i0 >= length) hi = 0;
+  lo = lo / BN * BN;
+  const int n_blocks = hi > lo ? (hi - lo + BN - 1) / BN : 0;
+
+  auto issue = [&](int block) {
+    if (block < n_blocks) {
+      char* st = smem + (block % STAGES) * STAGE_BYTES;
+      const int j0 = lo + block * BN;
+      load_rows<BN>(st, kh, QS, j0, T);
+      load_rows<BN>(st + BN * RB, vh, QS, j0, T);
+      if (REL == 1) load_rows<PROWS>(st + 2 * BN * RB, ph, HD, T - i0 - BM + j0, 2 * T - 1);
+      if (REL == 2) load_rows<PROWS>(st + 2 * BN * RB, ph, HD, j0, T);
+    }
+    gt_cp_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) issue(s);
+
+  // q + u and q + v, rounded to the activation dtype, staged once
+  for (int i = threadIdx.x; i < BM * CH; i += THREADS) {
+    const int r = i / CH, q = i % CH, row = i0 + r;
+    ct_vec<ct_t, 8> x{}, xu, xv;
+    if (row < T) x = *reinterpret_cast<const ct_vec<ct_t, 8>*>(qg + q_off + row * QS + q * 8);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float f = ct_to_float(x.v[e]);
+      xu.v[e] = REL ? ct_from_float<ct_t>(f + ct_to_float(pos_u[h * HEAD_DIM + q * 8 + e])) : x.v[e];
+      if (REL) xv.v[e] = ct_from_float<ct_t>(f + ct_to_float(pos_v[h * HEAD_DIM + q * 8 + e]));
+    }
+    *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qu + at(r, q)) = xu;
+    if (REL) *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qv + at(r, q)) = xv;
+  }
+  __syncthreads();
+  unsigned a_u[HEAD_DIM / 16][4], a_v[HEAD_DIM / 16][4];
+  a_frags(a_u, s_qu, w, lane);
+  if (REL) a_frags(a_v, s_qv, w, lane);
+
+  // the two query rows of this lane and their key windows
+  int row_lo[2], row_hi[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = i0 + 16 * w + g + 8 * half;
+    row_lo[half] = 0;
+    row_hi[half] = length;
+    if constexpr (CHUNK > 0) {
+      row_hi[half] = min((i / CHUNK_ + 1) * CHUNK_, length);
+      if (LEFT >= 0) row_lo[half] = max((i / CHUNK_ - LEFT) * CHUNK_, 0);
+    }
+  }
+  const float qk_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(HEAD_DIM));   // softmax in base 2
+  float m_i[2] = {-1.0e30f, -1.0e30f}, l_i[2] = {0.0f, 0.0f};     // finite: no NaN when masked
+  float o[HEAD_DIM / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  float* band_w = s_band + w * 16 * SB;
+
+  for (int block = 0; block < n_blocks; ++block) {
+    issue(block + STAGES - 1);
+    gt_cp_wait<STAGES - 1>();
+    __syncthreads();
+    const char* st = smem + (block % STAGES) * STAGE_BYTES;
+    const char* sk = st;
+    const char* sv = st + BN * RB;
+    const char* sp = st + 2 * BN * RB;
+    const int j0 = lo + block * BN;
+
+    float s[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    if (REL == 1) {
+      float band[NB][4];
+#pragma unroll
+      for (int nt = 0; nt < NB; ++nt) band[nt][0] = band[nt][1] = band[nt][2] = band[nt][3] = 0.0f;
+      qk<NB>(band, a_v, sp, BM - 16 - 16 * w, lane);
+#pragma unroll
+      for (int nt = 0; nt < NB; ++nt) {
+        *reinterpret_cast<float2*>(band_w + g * SB + 8 * nt + 2 * t) = make_float2(band[nt][0], band[nt][1]);
+        *reinterpret_cast<float2*>(band_w + (g + 8) * SB + 8 * nt + 2 * t) = make_float2(band[nt][2], band[nt][3]);
+      }
+      __syncwarp();
+    }
+    qk<BN / 8>(s, a_u, sk, 0, lane);
+    if (REL == 2) qk<BN / 8>(s, a_v, sp, 0, lane);
+    if (REL == 1) {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[nt][e] += band_w[g * SB + 8 * nt + 2 * t + e + 15 - g];
+          s[nt][2 + e] += band_w[(g + 8) * SB + 8 * nt + 2 * t + e + 7 - g];
+        }
+      }
+      __syncwarp();   // every lane has read the band before the next block overwrites it
+    }
+
+    // scale, mask, online softmax
+    const bool masked = CHUNK > 0 || j0 + BN > length;
+    float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int half = e / 2, j = j0 + 8 * nt + 2 * t + e % 2;
+        float v = s[nt][e] * qk_scale;
+        if (masked && (j < row_lo[half] || j >= row_hi[half])) v = NEG_INF;
+        s[nt][e] = v;
+        mx[half] = fmaxf(mx[half], v);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
+      mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
+      const float m_new = fmaxf(m_i[half], mx[half]);
+      alpha[half] = exp2f(m_i[half] - m_new);
+      m_i[half] = m_new;
+      l_i[half] *= alpha[half];
+    }
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - m_i[e / 2]);
+        l_i[e / 2] += s[nt][e];
+      }
+    }
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
+      o[nd][0] *= alpha[0];
+      o[nd][1] *= alpha[0];
+      o[nd][2] *= alpha[1];
+      o[nd][3] *= alpha[1];
+    }
+    // o += P . V: the C fragments of two n8 score tiles are the A fragment of one k16 step
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const unsigned a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
+                             pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
+        unsigned bv[4];
+        ldmatrix_x4_trans(bv, sv + at(16 * kk + lane % 8 + 8 * ((lane / 8) % 2), nd + lane / 16));
+        gt_mma(o[nd], a, bv[0], bv[1]);
+        gt_mma(o[nd + 1], a, bv[2], bv[3]);
+      }
+    }
+    __syncthreads();   // this stage is refilled by a later issue()
+  }
+  gt_cp_wait<0>();
+
+  const ct_i64 o_off = static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float l = l_i[half];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int i = i0 + 16 * w + g + 8 * half;
+    if (i >= T) continue;
+    const bool ok = i < length && l > 0.0f;
+    const float inv = ok ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd)
+      *reinterpret_cast<unsigned*>(out + o_off + static_cast<ct_i64>(i) * HD + 8 * nd + 2 * t) =
+          pack2(o[nd][2 * half] * inv, o[nd][2 * half + 1] * inv);
+  }
+}
