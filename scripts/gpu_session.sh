@@ -10,6 +10,7 @@
 #        linear_silu" tunes more kernels at TUNE_SEQ frames, TUNE_TRIALS configs per study)
 #   bash scripts/gpu_session.sh quality        # GP vs exhaustive grid (scripts/tuner_quality.py)
 #   bash scripts/gpu_session.sh sweep          # scripts/gemm_sweep.py $SWEEP_ARGS (small-M GEMM configs)
+#   bash scripts/gpu_session.sh attn           # scripts/relpos_sweep.py $ATTN_ARGS (CUDA attention configs)
 #   bash scripts/gpu_session.sh pdl_ab         # benchmarks with programmatic dependent launch off,
 #       then on (CONFORMER_TRT_PDL=0/1), compared (AB_FILES="layernorm encoder", AB_K: a -k filter)
 #
@@ -97,13 +98,17 @@ phase_quality() {   # QUALITY_KERNELS=layernorm,relpos_attention: one JSON per k
   done
 }
 
-phase_sweep() {
-  local t0=$SECONDS
-  timeout ${SWEEP_TIMEOUT:-400} python3 scripts/gemm_sweep.py ${SWEEP_ARGS:-} > "$OUT/sweep.log" 2> "$OUT/sweep.err"
+run_script() {   # NAME LIMIT COMMAND...: stdout to $OUT/NAME.log (printed), stderr to NAME.err
+  local name=$1 limit=$2 t0=$SECONDS; shift 2
+  timeout "$limit" "$@" > "$OUT/$name.log" 2> "$OUT/$name.err"
   local rc=$?
-  cat "$OUT/sweep.log"; tail -5 "$OUT/sweep.err"
-  summary+=("sweep ${SWEEP_ARGS:-}: rc $rc ($((SECONDS - t0)) s)")
+  cat "$OUT/$name.log"; tail -5 "$OUT/$name.err"
+  summary+=("$name ${*:2}: rc $rc ($((SECONDS - t0)) s)")
 }
+
+phase_sweep() { run_script sweep "${SWEEP_TIMEOUT:-400}" python3 scripts/gemm_sweep.py ${SWEEP_ARGS:-}; }
+
+phase_attn() { run_script attn "${ATTN_TIMEOUT:-300}" python3 scripts/relpos_sweep.py ${ATTN_ARGS:-}; }
 
 phase_pdl_ab() {
   local t0=$SECONDS files=() f p

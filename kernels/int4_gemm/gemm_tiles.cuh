@@ -65,6 +65,12 @@ __device__ __forceinline__ int gt_swz(int r, int q) {
   return RB == 64 ? q ^ ((r >> 1) & 3) : q ^ (r & 7);
 }
 
+__device__ __forceinline__ void gt_ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(gt_smem(p)));
+}
+
 __device__ __forceinline__ void gt_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0,
                                        unsigned b1) {
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." GT_MMA_TYPE "." GT_MMA_TYPE

@@ -44,12 +44,6 @@ static_assert(STAGES * STAGE_BYTES + (1 + (REL != 0)) * Q_BYTES + BAND_BYTES <= 
 // Byte offset of 16-byte chunk q of row r in a tile of RB-byte rows.
 __device__ __forceinline__ int at(int r, int q) { return r * RB + gt_swz<RB>(r, q) * 16; }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(gt_smem(p)));
-}
-
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 #if CT_DTYPE == 0
   return ct_bits<unsigned>(__floats2half2_rn(lo, hi));
@@ -266,7 +260,7 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 #pragma unroll
       for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
         unsigned bv[4];
-        ldmatrix_x4_trans(bv, sv + at(16 * kk + lane % 8 + 8 * ((lane / 8) % 2), nd + lane / 16));
+        gt_ldmatrix_x4_trans(bv, sv + at(16 * kk + lane % 8 + 8 * ((lane / 8) % 2), nd + lane / 16));
         gt_mma(o[nd], a, bv[0], bv[1]);
         gt_mma(o[nd + 1], a, bv[2], bv[3]);
       }
