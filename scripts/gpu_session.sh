@@ -8,6 +8,8 @@
 #        BENCH_K_<file>=EXPR filters one file's benchmarks; TUNE_MORE_D="512 1024" tunes more hidden
 #        sizes; DB_SEED=FILE starts from an earlier run's winners; TUNE_KERNELS="conv_module:cuda_dw
 #        linear_silu" tunes more kernels at TUNE_SEQ frames, TUNE_TRIALS configs per study)
+#   bash scripts/gpu_session.sh tune_ln bench  # tune LayerNorm at issue 2's benchmark shapes only
+#       (TUNE_LN="256:500 512:500 1024:2048", hidden:frames at batch 32; TUNE_TRIALS per study)
 #   bash scripts/gpu_session.sh quality        # GP vs exhaustive grid (scripts/tuner_quality.py)
 #   bash scripts/gpu_session.sh sweep          # scripts/gemm_sweep.py $SWEEP_ARGS (small-M GEMM configs)
 #   bash scripts/gpu_session.sh attn           # scripts/relpos_sweep.py $ATTN_ARGS (CUDA attention configs)
@@ -70,6 +72,15 @@ phase_tune() {
   local imports; imports=$(python3 -c "import time; print(f'{time.time() - $t2:.2f}')")
   summary+=("python start + imports of the tuner's modules alone: ${imports} s")
   summary+=("tune layernorm 6 buckets x 2 impls: cold ${cold} s; warm re-run ${warm} s: $(tail -1 "$OUT/tune_warm.log")")
+}
+
+phase_tune_ln() {
+  local t0=$SECONDS spec
+  for spec in ${TUNE_LN:-256:500 512:500 1024:2048}; do
+    timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --d-model "${spec%%:*}" \
+        --seq-lens "${spec#*:}" --trials ${TUNE_TRIALS:-40} --no-progress 2>&1 | tee "$OUT/tune_ln_${spec%%:*}.log" | tail -3
+  done
+  summary+=("tune_ln ${TUNE_LN:-256:500 512:500 1024:2048}: $((SECONDS - t0)) s")
 }
 
 phase_bench() {   # one JSON per file, so a file cut off by the deadline loses only itself
