@@ -21,8 +21,8 @@ Implementations:
   the band, which Triton stages in shared memory.
 * ``cuda`` (``relpos_attn.cu``, fp16/bf16): mma.sync with 16 query rows per warp; each warp
   writes its band of position scores to its own shared-memory rows and reads them back shifted,
-  with only a warp barrier between. A programmatic dependent launch on sm_90+ (it waits before
-  its first read).
+  with only a warp barrier between; the rows of p in a ring that each key block tops up with
+  BN new rows. A programmatic dependent launch on sm_90+ (it waits before its first read).
 """
 from __future__ import annotations
 
@@ -123,13 +123,16 @@ CUDA_SPACE = {"BN": (16, 32, 64), "WARPS": (2, 4, 8), "STAGES": (2, 3)}
 
 
 def _cuda_smem(config, shape) -> int:
-    """relpos_attn.cu's layout: STAGES x (K, V and the rows of p), q + u (and q + v), and each
-    warp's band (ESPnet form) with rows padded to 8 mod 32 floats."""
-    bn, bm, rel, rb = config["BN"], 16 * config["WARPS"], shape["rel"], 2 * shape["DK"]
-    p_rows = bm + bn if rel == 1 else bn if rel == 2 else 0
-    sb = bn + 16 + (8 - (bn + 16)) % 32
-    band = 16 * config["WARPS"] * sb * 4 if rel == 1 else 0
-    return config["STAGES"] * (2 * bn + p_rows) * rb + (1 + bool(rel)) * bm * rb + band
+    """relpos_attn.cu's layout: STAGES x (K, V), the ring of p (the ESPnet form's BM overlap of
+    consecutive windows plus STAGES blocks of BN rows), and q + u (and q + v), whose space each
+    warp's band of position scores takes over (ESPnet form; half a block's keys at a time, rows
+    padded to 8 mod 16 floats)."""
+    bn, warps, rel, rb = config["BN"], config["WARPS"], shape["rel"], 2 * shape["DK"]
+    bm = 16 * warps
+    ring = ((bm if rel == 1 else 0) + config["STAGES"] * bn) if rel else 0
+    half = bn // 2 + 16
+    band = 16 * warps * (half + (8 - half) % 16) * 4 if rel == 1 else 0
+    return config["STAGES"] * 2 * bn * rb + ring * rb + max((1 + bool(rel)) * bm * rb, band)
 
 
 def _cuda_constants(config, shape, dtype):

@@ -15,7 +15,12 @@
 // BM - 16 - 16 w + [0, BN + 16): its band, a [16, BN + 16] product with q + v. bd[r][c] =
 // band[r][c + 15 - r]: the warp writes its band (fp32) to its own shared-memory rows, and each
 // lane reads back the shifted elements of its own score fragment: ESPnet's pad-and-reshape as
-// shared-memory addressing, with only a warp barrier between.
+// shared-memory addressing, with only a warp barrier between. It does so in two halves of the
+// block's keys (a half's scores need BN / 2 + 16 band columns), into the space where q + u and
+// q + v were staged, so that shared memory leaves room for three CTAs per SM.
+// The rows of p. Consecutive key blocks' windows overlap (by BM rows in the ESPnet form), so p
+// lives in a ring of POV + STAGES BN rows: the first block loads its whole window, every later
+// one only its last BN rows; row r of block b's window is ring row (b BN + r) mod PRING.
 // Fragment layouts are the PTX ISA's ("Matrix Fragments for mma.m16n8k16"): lane = 4 g + t; A
 // rows g, g + 8; B column g; C rows g, g + 8, columns 2 t, 2 t + 1.
 // Macros: HEADS, HEAD_DIM (32/64/128), REL (0 plain, 1 ESPnet, 2 WeNet legacy), CHUNK (0: none),
@@ -28,18 +33,22 @@ constexpr int HD = HEADS * HEAD_DIM;
 constexpr int QS = (1 + 2 * PACKED) * HD;      // row stride of q, k and v
 constexpr int RB = HEAD_DIM * 2;                     // bytes of a shared-memory row
 constexpr int CH = HEAD_DIM / 8;                     // 16-byte chunks per row
-constexpr int PROWS = REL == 1 ? BM + BN : (REL == 2 ? BN : 0);   // rows of p per stage
+constexpr int POV = REL == 1 ? BM : 0;                  // rows a block's p window shares with the next
+constexpr int PWIN = REL ? POV + BN : 0;                // rows of p one block reads
+constexpr int PRING = REL ? POV + STAGES * BN : 0;      // rows of the ring of p
+constexpr int PRING_ = PRING > 0 ? PRING : 1;           // the divisor where REL != 0
 constexpr int NB = BN / 8 + 2;                 // n8 tiles of a warp's band (REL 1)
-constexpr int SB0 = BN + 16;
-constexpr int SB = SB0 + ((8 - SB0) % 32 + 32) % 32;   // band row stride (floats), = 8 mod 32
-constexpr int STAGE_BYTES = (2 * BN + PROWS) * RB;
+constexpr int HT = BN / 16;                    // score n8 tiles per half of the block
+constexpr int SB0 = 8 * (HT + 2);              // band columns a half needs
+constexpr int SB = SB0 + ((8 - SB0) % 16 + 16) % 16;   // band row stride (floats), = 8 mod 16
+constexpr int KV_BYTES = 2 * BN * RB;          // one stage of K and V
 constexpr int Q_BYTES = BM * RB;
 constexpr int BAND_BYTES = REL == 1 ? WARPS * 16 * SB * 4 : 0;
+constexpr int AREA = (1 + (REL != 0)) * Q_BYTES > BAND_BYTES ? (1 + (REL != 0)) * Q_BYTES : BAND_BYTES;
 constexpr int CHUNK_ = CHUNK > 0 ? CHUNK : 1;  // the divisor where CHUNK > 0
 #define NEG_INF (-__int_as_float(0x7f800000))
 static_assert(HEAD_DIM % 32 == 0 && BN % 16 == 0 && STAGES >= 2, "unsupported tile");
-static_assert(STAGES * STAGE_BYTES + (1 + (REL != 0)) * Q_BYTES + BAND_BYTES <= SMEM,
-              "tiles exceed SMEM");
+static_assert(STAGES * KV_BYTES + PRING * RB + AREA <= SMEM, "tiles exceed SMEM");
 
 // Byte offset of 16-byte chunk q of row r in a tile of RB-byte rows.
 __device__ __forceinline__ int at(int r, int q) { return r * RB + gt_swz<RB>(r, q) * 16; }
@@ -53,14 +62,16 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 }
 
 // ROWS rows of HEAD_DIM elements from ``src`` (row stride ``stride`` elements) starting at row
-// ``first``; rows outside [0, limit) are zero-filled.
+// ``first``, into tile rows slot, slot + 1, ... modulo ``wrap`` (slot < wrap, ROWS <= wrap); rows
+// outside [0, limit) are zero-filled.
 template <int ROWS>
 __device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 stride, int first,
-                                          int limit) {
+                                          int limit, int slot = 0, int wrap = ROWS) {
   for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
     const int r = i / CH, q = i % CH, row = first + r;
     const bool ok = row >= 0 && row < limit;
-    gt_cp_async<16>(dst + at(r, q), ok ? src + row * stride + q * 8 : src, ok);
+    const int t = slot + r >= wrap ? slot + r - wrap : slot + r;
+    gt_cp_async<16>(dst + at(t, q), ok ? src + row * stride + q * 8 : src, ok);
   }
 }
 
@@ -72,17 +83,20 @@ __device__ __forceinline__ void a_frags(unsigned (&a)[HEAD_DIM / 16][4], const c
     gt_ldmatrix_x4(a[ks], tile + at(16 * w + lane % 8 + 8 * ((lane / 8) % 2), 2 * ks + lane / 16));
 }
 
-// acc[nt] += a . B^T for NT n8 tiles of B rows row0 + 8 nt (rows of K or p: [key][dim]).
+// acc[nt] += a . B^T for NT n8 tiles of B rows row0 + 8 nt (rows of K or p: [key][dim]), tile
+// rows taken modulo ``wrap`` (row0 < wrap, 8 NT <= wrap).
 template <int NT>
 __device__ __forceinline__ void qk(float (&acc)[NT][4], const unsigned (&a)[HEAD_DIM / 16][4],
-                                   const char* tile, int row0, int lane) {
+                                   const char* tile, int row0, int lane, int wrap = 8 * NT) {
   static_assert(NT % 2 == 0, "n8 tiles in pairs");
 #pragma unroll
   for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
 #pragma unroll
     for (int nt = 0; nt < NT; nt += 2) {
       unsigned b[4];
-      gt_ldmatrix_x4(b, tile + at(row0 + 8 * (nt + lane / 16) + lane % 8, 2 * ks + (lane / 8) % 2));
+      int r = row0 + 8 * (nt + lane / 16) + lane % 8;
+      r = r >= wrap ? r - wrap : r;
+      gt_ldmatrix_x4(b, tile + at(r, 2 * ks + (lane / 8) % 2));
       gt_mma(acc[nt], a[ks], b[0], b[1]);
       gt_mma(acc[nt + 1], a[ks], b[2], b[3]);
     }
@@ -95,9 +109,10 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
                 const ct_t* __restrict__ pos_u, const ct_t* __restrict__ pos_v,
                 const int* __restrict__ lengths, ct_t* __restrict__ out, int T) {
   extern __shared__ __align__(128) char smem[];
-  char* s_qu = smem + STAGES * STAGE_BYTES;
+  char* s_p = smem + STAGES * KV_BYTES;
+  char* s_qu = s_p + PRING * RB;
   char* s_qv = s_qu + Q_BYTES;
-  float* s_band = reinterpret_cast<float*>(s_qu + (1 + (REL != 0)) * Q_BYTES);
+  float* s_band = reinterpret_cast<float*>(s_qu);   // once q + u and q + v are in registers
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
   const int n_qb = (T + BM - 1) / BM;
   const int qb = blockIdx.x % n_qb, bh = blockIdx.x / n_qb, b = bh / HEADS, h = bh % HEADS;
@@ -123,12 +138,20 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 
   auto issue = [&](int block) {
     if (block < n_blocks) {
-      char* st = smem + (block % STAGES) * STAGE_BYTES;
+      char* st = smem + (block % STAGES) * KV_BYTES;
       const int j0 = lo + block * BN;
       load_rows<BN>(st, kh, QS, j0, T);
       load_rows<BN>(st + BN * RB, vh, QS, j0, T);
-      if (REL == 1) load_rows<PROWS>(st + 2 * BN * RB, ph, HD, T - i0 - BM + j0, 2 * T - 1);
-      if (REL == 2) load_rows<PROWS>(st + 2 * BN * RB, ph, HD, j0, T);
+      if constexpr (REL != 0) {   // global row of p of window row 0, and the window's ring row
+        const int first = REL == 1 ? T - i0 - BM + j0 : j0, limit = REL == 1 ? 2 * T - 1 : T;
+        const int slot = block * BN % PRING_;
+        if (block == 0) {
+          load_rows<PWIN>(s_p, ph, HD, first, limit, 0, PRING);
+        } else {
+          const int tail = slot + POV >= PRING ? slot + POV - PRING : slot + POV;
+          load_rows<BN>(s_p, ph, HD, first + POV, limit, tail, PRING);
+        }
+      }
     }
     gt_cp_commit();
   };
@@ -171,18 +194,19 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   float o[HEAD_DIM / 8][4];
 #pragma unroll
   for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
-  float* band_w = s_band + w * 16 * SB;
+  float* band_w = s_band + w * 16 * SB;   // written only after the loop's first CTA barrier
 
   for (int block = 0; block < n_blocks; ++block) {
     issue(block + STAGES - 1);
     gt_cp_wait<STAGES - 1>();
     __syncthreads();
-    const char* st = smem + (block % STAGES) * STAGE_BYTES;
+    const char* st = smem + (block % STAGES) * KV_BYTES;
     const char* sk = st;
     const char* sv = st + BN * RB;
-    const char* sp = st + 2 * BN * RB;
     const int j0 = lo + block * BN;
+    const int pbase = block * BN % PRING_;   // ring row of the window's row 0 (REL != 0)
 
+    // the scores start as the shifted position term (ESPnet form), then gather (q + u) . k^T
     float s[BN / 8][4];
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
@@ -190,27 +214,31 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
       float band[NB][4];
 #pragma unroll
       for (int nt = 0; nt < NB; ++nt) band[nt][0] = band[nt][1] = band[nt][2] = band[nt][3] = 0.0f;
-      qk<NB>(band, a_v, sp, BM - 16 - 16 * w, lane);
+      const int prow = pbase + BM - 16 - 16 * w;
+      qk<NB>(band, a_v, s_p, prow >= PRING ? prow - PRING : prow, lane, PRING);
 #pragma unroll
-      for (int nt = 0; nt < NB; ++nt) {
-        *reinterpret_cast<float2*>(band_w + g * SB + 8 * nt + 2 * t) = make_float2(band[nt][0], band[nt][1]);
-        *reinterpret_cast<float2*>(band_w + (g + 8) * SB + 8 * nt + 2 * t) = make_float2(band[nt][2], band[nt][3]);
+      for (int h = 0; h < 2; ++h) {   // band tiles h HT .. h HT + HT + 1 serve score tiles h HT ..
+#pragma unroll
+        for (int nt = h * HT; nt < h * HT + HT + 2; ++nt) {
+          const int c = 8 * (nt - h * HT) + 2 * t;
+          *reinterpret_cast<float2*>(band_w + g * SB + c) = make_float2(band[nt][0], band[nt][1]);
+          *reinterpret_cast<float2*>(band_w + (g + 8) * SB + c) = make_float2(band[nt][2], band[nt][3]);
+        }
+        __syncwarp();
+#pragma unroll
+        for (int nt = h * HT; nt < h * HT + HT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = 8 * (nt - h * HT) + 2 * t + e;
+            s[nt][e] = band_w[g * SB + c + 15 - g];
+            s[nt][2 + e] = band_w[(g + 8) * SB + c + 7 - g];
+          }
+        }
+        __syncwarp();   // every lane has read this half before the next one overwrites it
       }
-      __syncwarp();
     }
     qk<BN / 8>(s, a_u, sk, 0, lane);
-    if (REL == 2) qk<BN / 8>(s, a_v, sp, 0, lane);
-    if (REL == 1) {
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          s[nt][e] += band_w[g * SB + 8 * nt + 2 * t + e + 15 - g];
-          s[nt][2 + e] += band_w[(g + 8) * SB + 8 * nt + 2 * t + e + 7 - g];
-        }
-      }
-      __syncwarp();   // every lane has read the band before the next block overwrites it
-    }
+    if (REL == 2) qk<BN / 8>(s, a_v, s_p, pbase, lane, PRING);
 
     // scale, mask, online softmax
     const bool masked = CHUNK > 0 || j0 + BN > length;
