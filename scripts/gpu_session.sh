@@ -44,14 +44,17 @@ phase_tests() {   # TESTS: which tests (default all but the benchmarks), TESTS_K
   summary+=("tests: $(tail -1 "$OUT/gpu.log") ($((SECONDS - t0)) s)")
 }
 
+tune_ln_at() {   # HIDDEN TRIALS FRAMES...: tune LayerNorm at batch 32, rows = 32 x frames
+  local d=$1 trials=$2; shift 2
+  timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --d-model "$d" \
+      --seq-lens "$@" --trials "$trials" --no-progress 2>&1 | tee "$OUT/tune_d$d.log" | tail -3
+}
+
 phase_tune() {
   local t0=$SECONDS
   timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
       --no-progress 2>&1 | tee "$OUT/tune.log" | tail -20
-  for d in ${TUNE_MORE_D:-}; do   # more hidden sizes for the LayerNorm benchmark's shapes
-    timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --d-model "$d" \
-        --seq-lens 500 2048 --no-progress 2>&1 | tee "$OUT/tune_d$d.log" | tail -3
-  done
+  for d in ${TUNE_MORE_D:-}; do tune_ln_at "$d" 16 500 2048; done   # the benchmark's other hidden sizes
   for spec in ${TUNE_KERNELS:-}; do   # kernel[:impl,impl], e.g. conv_module:cuda_dw linear_silu
     local k=${spec%%:*} impls=""; [ "$spec" != "$k" ] && impls=${spec#*:}
     timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels "$k" ${impls:+--impls ${impls//,/ }} \
@@ -76,10 +79,7 @@ phase_tune() {
 
 phase_tune_ln() {
   local t0=$SECONDS spec
-  for spec in ${TUNE_LN:-256:500 512:500 1024:2048}; do
-    timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --d-model "${spec%%:*}" \
-        --seq-lens "${spec#*:}" --trials ${TUNE_TRIALS:-40} --no-progress 2>&1 | tee "$OUT/tune_ln_${spec%%:*}.log" | tail -3
-  done
+  for spec in ${TUNE_LN:-256:500 512:500 1024:2048}; do tune_ln_at "${spec%%:*}" "${TUNE_TRIALS:-40}" "${spec#*:}"; done
   summary+=("tune_ln ${TUNE_LN:-256:500 512:500 1024:2048}: $((SECONDS - t0)) s")
 }
 
