@@ -45,6 +45,7 @@ class Report:
     tuned: list[Winner] = field(default_factory=list)
     cached: list[Winner] = field(default_factory=list)
     failed: list[tuple[Task, str]] = field(default_factory=list)
+    unsupported: list[Task] = field(default_factory=list)   # no valid config on this GPU
     measured: int = 0           # configs measured by this run
     seconds: float = 0.0
 
@@ -76,14 +77,20 @@ def tune(tasks: list[Task], gpu: str, store: Store, settings: Settings = Setting
               for w in store.winners(report.gpu, sorted({t.kernel for t in tasks}))}
     todo = []
     for t in tasks:
+        if not valid_space(t, running.spec).count:   # e.g. an sm_90a kernel on an A10
+            report.unsupported.append(t)
+            continue
         w = stored.get((t.kernel, t.impl, t.dtype, t.bucket))
         if w is not None and w.trials >= planned_trials(valid_space(t, running.spec),
                                                         settings):
             report.cached.append(w)
         else:
             todo.append(t)
+    skipped = sorted({f"{t.kernel}/{t.impl}" for t in report.unsupported})
     print(f"{len(tasks)} studies for {report.gpu} ({running.device_name}): "
-          f"{len(report.cached)} cached, {len(todo)} to tune", file=out)
+          f"{len(report.cached)} cached, {len(todo)} to tune"
+          + (f", {len(report.unsupported)} with no valid config here ({', '.join(skipped)})"
+             if skipped else ""), file=out)
     if todo and pool is not None:
         _Loop(todo, store, running, settings, pool, report, out).run()
     elif todo:

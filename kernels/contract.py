@@ -111,6 +111,15 @@ class Impl:
     fns: Mapping[str, Any] = field(default_factory=dict)         # Triton JIT functions by name
     workspaces: tuple[tuple[str, str], ...] = ()                 # (name, bytes expression)
     dtypes: tuple[str, ...] | None = None   # activation dtypes it takes; None: all the kernel's
+    # CUDA: compiled for the architecture-specific target (arch + "a", e.g. sm_90a for wgmma);
+    # such a binary runs only on that exact compute capability, which ``valid`` must require.
+    arch_suffix: str = ""
+    ccs: tuple[tuple[int, int], ...] | None = None   # compute capabilities it runs on; None: all
+
+    def runs_on(self, gpu: GpuSpec | None) -> bool:
+        """Whether this implementation exists for ``gpu`` at all (its ``valid`` rule refuses
+        every config where it does not)."""
+        return self.ccs is None or (gpu is not None and gpu.cc in self.ccs)
 
     @property
     def lang(self) -> str:

@@ -198,8 +198,9 @@ def _launch_triton(impl, launch, grid, env, values, shape, scalars, consts) -> N
 
 
 def cuda_cubin(impl: Impl, consts: Mapping[str, int], dtype: str, arch: str) -> bytes:
-    """Compile a CUDA implementation for one set of constants and an architecture (cached)."""
-    return _cuda_binary(cuda_source(impl, consts), _cuda_files(impl)[-1].name, arch,
+    """Compile a CUDA implementation for one set of constants and an architecture (cached);
+    ``arch`` is the family (sm_90), the impl's ``arch_suffix`` picks its specific target."""
+    return _cuda_binary(cuda_source(impl, consts), _cuda_files(impl)[-1].name, arch + impl.arch_suffix,
                         tuple(cuda_macros(dtype).items()))
 
 

@@ -40,7 +40,11 @@ def test_heuristic_configs_are_valid_everywhere(name, target):
         for shape in k.tune_shapes(ModelDims()) + list(k.examples):
             for dtype in k.dtypes_of(impl):
                 config = contract.check_config(impl, impl.heuristic(shape, dtype, spec))
-                assert impl.valid(config, shape, dtype, spec) is None, (impl.name, shape, dtype)
+                reason = impl.valid(config, shape, dtype, spec)
+                if not impl.runs_on(spec):   # an sm_90a kernel elsewhere: refused, with a reason
+                    assert reason, (impl.name, target)
+                    continue
+                assert reason is None, (impl.name, shape, dtype)
                 consts = contract.resolved_constants(k, impl, config, shape, dtype)
                 env = contract.launch_env(shape, consts, config)
                 for launch in impl.launches:

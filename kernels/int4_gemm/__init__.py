@@ -14,6 +14,10 @@ Implementations:
   and compute-bound large M. A programmatic dependent launch on sm_90+: it requests its first
   stages of ``qweight``, ``scales`` and ``zeros`` before waiting for the kernel ahead of it, so
   that kernel must not write them (engine constants it is not; :func:`prepare` synchronises).
+* ``cuda_wgmma`` (sm_90 only, for large M): Hopper's warpgroup MMA (compiled for sm_90a), the
+  same packed words dequantised into wgmma's register A operand and the x tile read by the
+  tensor cores from shared memory (128-byte swizzle); 64 or 128 weight rows x 64-256 tokens
+  per CTA; the same pipeline, PDL and weight-first prologue as ``cuda``.
 * ``triton``: per K step, the x tile as it lies and the packed words dequantised in registers
   into natural-k weight tiles, one ``tl.dot`` per half of the N tile (rows n and n + 8).
 * ``triton_splitk``: the same with K split over SPLIT_K programs and a reduction launch.
@@ -74,7 +78,8 @@ def _cuda_heuristic(shape, dtype, gpu):
 
 CUDA = Impl(
     name="cuda",
-    sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "w4a16.cu"),
+    sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
+             HERE / "w4a16.cu"),
     space=tiles.SPACE,
     launches=(Launch("w4a16_gemm", tiles.GRID,
                      ("x", "qweight", "scales", "zeros", "bias", "y", "M", "N", "K"),
@@ -82,6 +87,73 @@ CUDA = Impl(
     constants=_cuda_constants,
     valid=_cuda_valid,
     heuristic=_cuda_heuristic,
+)
+
+
+# ---- CUDA, Hopper warpgroup MMA ------------------------------------------------------------
+
+WGMMA_SPACE = {"WG": (1, 2), "BT": (64, 128, 256), "STAGES": (2, 3, 4, 5)}
+
+
+def _wgmma_smem(config, shape) -> int:
+    """Dynamic shared memory of w4a16_wgmma.cu: the stages (x tile, packed weight, scales,
+    zeros) or the epilogue's transposed tile, and 1024 bytes to align the swizzle atoms."""
+    bn, bt = 64 * config["WG"], config["BT"]
+    sg = max(1, 64 // shape["group"])
+    stage = bt * 128 + bn // 2 * 64 + sg * bn * (2 + shape["asym"])
+    return max(config["STAGES"] * stage, bt * (bn + 8) * 2) + 1024
+
+
+def _wgmma_constants(config, shape, dtype):
+    _checked(shape)
+    return {**config, "SMEM": _wgmma_smem(config, shape), "GROUP": shape["group"],
+            "ASYM": shape["asym"], "BIAS": shape["with_bias"]}
+
+
+def _wgmma_valid(config, shape, dtype, gpu):
+    reason = shape_error(shape)
+    if reason:
+        return reason
+    if not CUDA_WGMMA.runs_on(gpu):
+        return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
+    threads = 128 * config["WG"]
+    regs = config["BT"] // 2 + 64   # accumulators; A fragments, words, scales, addressing
+    if regs > min(255, 65536 // threads):
+        return f"about {regs} registers per thread (limit {min(255, 65536 // threads)})"
+    smem = _wgmma_smem(config, shape)
+    if smem > gpu.smem_per_block:
+        return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
+    return None
+
+
+def _wgmma_heuristic(shape, dtype, gpu):
+    """128 weight rows x 128 tokens per CTA (64 tokens while that leaves SMs idle, or at small
+    M), then the deepest pipeline that leaves room for two CTAs per SM. Not yet swept."""
+    m, n = shape["M"], shape["N"]
+    sms = gpu.sms if gpu else tiles.DEFAULT_SMS
+    bt = 128 if m > 64 and -(-m // 128) * -(-n // 128) >= sms else 64
+    config = {"WG": 2 if n > 64 else 1, "BT": bt}
+    per_sm = gpu.smem_per_sm if gpu else 2 * tiles.DEFAULT_SMEM
+    for stages in (4, 3, 2):
+        config["STAGES"] = stages
+        if 2 * (_wgmma_smem(config, shape) + 1024) <= per_sm:
+            break
+    return config
+
+
+CUDA_WGMMA = Impl(
+    name="cuda_wgmma",
+    sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
+             HERE.parent / "wgmma.cuh", HERE / "w4a16_wgmma.cu"),
+    space=WGMMA_SPACE,
+    launches=(Launch("w4a16_wgmma", ("cdiv(M, BT)", "cdiv(N, 64 * WG)", "1"),
+                     ("x", "qweight", "scales", "zeros", "bias", "y", "M", "N", "K"),
+                     threads="128 * WG", smem="SMEM", pdl=True),),
+    constants=_wgmma_constants,
+    valid=_wgmma_valid,
+    heuristic=_wgmma_heuristic,
+    arch_suffix="a",
+    ccs=((9, 0),),
 )
 
 
@@ -239,7 +311,7 @@ KERNEL = Kernel(
              TensorSpec("y", ("M", "N"), role="out")),
     scalars={},
     dtypes=("float16", "bfloat16"),
-    impls=(CUDA, TRITON, TRITON_SPLITK),
+    impls=(CUDA, CUDA_WGMMA, TRITON, TRITON_SPLITK),
     reference=_reference,
     baseline=_baseline,
     make_inputs=_make_inputs,

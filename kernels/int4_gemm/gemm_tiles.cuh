@@ -79,6 +79,61 @@ __device__ __forceinline__ void gt_mma(float (&c)[4], const unsigned (&a)[4], un
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Copy rows [0, ROWS) x bytes [0, RB) of a global tile (row r at src + r * stride) to shared
+// memory (row r at dst + r * RB, chunk q at swz(r, q)), VEC bytes per copy; rows >= rows_valid
+// and bytes >= bytes_valid are zero-filled. All THREADS threads of the CTA take part.
+template <int ROWS, int RB, int VEC, int THREADS, typename Swz>
+__device__ __forceinline__ void gt_load_tile(char* dst, const char* src, ct_i64 stride,
+                                             int rows_valid, int bytes_valid, Swz swz) {
+  constexpr int PER_ROW = RB / VEC, TOTAL = ROWS * PER_ROW;
+#pragma unroll
+  for (int i0 = 0; i0 < TOTAL; i0 += THREADS) {
+    const int i = i0 + threadIdx.x;
+    if (TOTAL % THREADS == 0 || i < TOTAL) {
+      const int r = i / PER_ROW, byte = (i % PER_ROW) * VEC;
+      const bool ok = r < rows_valid && byte < bytes_valid;
+      gt_cp_async<VEC>(dst + r * RB + swz(r, byte / 16) * 16 + byte % 16,
+                       ok ? src + r * stride + byte : src, ok);
+    }
+  }
+}
+
+// The cp.async pipeline: load_w(slot, kt) and load_x(slot, kt) fill a stage with its weight
+// and activation tiles, compute(slot) consumes one; STAGES - 1 stages are in flight while one
+// is computed. The weight of the first STAGES - 1 stages is requested before waiting for the
+// grid ahead of this one (ct_wait_for_predecessor): it is a constant of the engine that no
+// kernel writes, so under a programmatic dependent launch its fetch overlaps the predecessor's
+// tail. (The first wait then covers all of those weight tiles; later stages are one group each.)
+// ASYNC_READS: compute reads the stage through the async proxy (wgmma operand descriptors), so
+// each thread's cp.async writes are made visible to it (fence.proxy.async) before the barrier.
+// compute() must be done reading its slot when it returns: the next iteration refills it.
+template <int STAGES, bool ASYNC_READS, typename LoadW, typename LoadX, typename Compute>
+__device__ __forceinline__ void gt_pipeline(int KT, LoadW load_w, LoadX load_x, Compute compute) {
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s)
+    if (s < KT) load_w(s, s);
+  ct_wait_for_predecessor();
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < KT) load_x(s, s);
+    gt_cp_commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    gt_cp_wait<STAGES - 2>();
+    if constexpr (ASYNC_READS) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();  // stage kt is visible, and everyone is done with the slot reloaded below
+    const int next = kt + STAGES - 1;
+    if (next < KT) {
+      load_w(next % STAGES, next);
+      load_x(next % STAGES, next);
+    }
+    gt_cp_commit();
+    compute(kt % STAGES);
+  }
+  gt_cp_wait<0>();
+  __syncthreads();
+}
+
 template <int WN_, int WM_, int WARPS_N_, int WARPS_M_, int WARPS_K_, int STAGES_>
 struct GemmTiles {
   static constexpr int WN = WN_, WM = WM_, WARPS_N = WARPS_N_, WARPS_M = WARPS_M_;
@@ -107,23 +162,10 @@ struct GemmTiles {
         for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
   }
 
-  // Copy rows [0, ROWS) x bytes [0, RB) of a global tile (row r at src + r * stride) to shared
-  // memory (row r at dst + r * RB, chunk q at swz(r, q)), VEC bytes per copy; rows >= rows_valid
-  // and bytes >= bytes_valid are zero-filled. All THREADS threads take part.
   template <int ROWS, int RB, int VEC, typename Swz>
   static __device__ __forceinline__ void load_tile(char* dst, const char* src, ct_i64 stride,
                                                    int rows_valid, int bytes_valid, Swz swz) {
-    constexpr int PER_ROW = RB / VEC, TOTAL = ROWS * PER_ROW;
-#pragma unroll
-    for (int i0 = 0; i0 < TOTAL; i0 += THREADS) {
-      const int i = i0 + threadIdx.x;
-      if (TOTAL % THREADS == 0 || i < TOTAL) {
-        const int r = i / PER_ROW, byte = (i % PER_ROW) * VEC;
-        const bool ok = r < rows_valid && byte < bytes_valid;
-        gt_cp_async<VEC>(dst + r * RB + swz(r, byte / 16) * 16 + byte % 16,
-                         ok ? src + r * stride + byte : src, ok);
-      }
-    }
+    gt_load_tile<ROWS, RB, VEC, THREADS>(dst, src, stride, rows_valid, bytes_valid, swz);
   }
 
   // The activation tile of one stage: x[m0 : m0 + BM, k0 : k0 + BK] as BM rows of BK halves.
@@ -142,37 +184,10 @@ struct GemmTiles {
     gt_ldmatrix_x4(b, sx + row * (2 * BK) + gt_swz<2 * BK>(row, q) * 16);
   }
 
-  // The cp.async pipeline: load_w(slot, kt) and load_x(slot, kt) fill a stage with its weight
-  // and activation tiles, compute(slot) consumes one; STAGES - 1 stages are in flight while one
-  // is computed. The weight of the first STAGES - 1 stages is requested before waiting for the
-  // grid ahead of this one (ct_wait_for_predecessor): it is a constant of the engine that no
-  // kernel writes, so under a programmatic dependent launch its fetch overlaps the predecessor's
-  // tail. (The first wait then covers all of those weight tiles; later stages are one group each.)
   template <typename LoadW, typename LoadX, typename Compute>
   static __device__ __forceinline__ void pipeline(int KT, LoadW load_w, LoadX load_x,
                                                   Compute compute) {
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s)
-      if (s < KT) load_w(s, s);
-    ct_wait_for_predecessor();
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-      if (s < KT) load_x(s, s);
-      gt_cp_commit();
-    }
-    for (int kt = 0; kt < KT; ++kt) {
-      gt_cp_wait<STAGES - 2>();
-      __syncthreads();  // stage kt is visible, and everyone is done with the slot reloaded below
-      const int next = kt + STAGES - 1;
-      if (next < KT) {
-        load_w(next % STAGES, next);
-        load_x(next % STAGES, next);
-      }
-      gt_cp_commit();
-      compute(kt % STAGES);
-    }
-    gt_cp_wait<0>();
-    __syncthreads();
+    gt_pipeline<STAGES, false>(KT, load_w, load_x, compute);
   }
 
   // Sum the WARPS_K partial tiles through shared memory (EPILOGUE_BYTES), add the bias, and

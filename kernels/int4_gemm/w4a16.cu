@@ -6,10 +6,7 @@
 //     p = hi + 2 khalf + 4 e of w[n + 8 hi, k + 8 khalf + e] -- one 32-bit word is exactly one
 //     lane's A fragment of one m16n8k16 step, and a lane's four steps are one 16-byte load.
 //   scales [K / GROUP, cdiv(N, 16) * 16] (activation dtype), zeros uint8 (same shape, 0..15).
-// Dequantisation: (w >> 4i) & 0x000f000f | MAGIC puts two nibbles in the mantissas of two
-// halves (fp16 1024 + q, or bf16 128 + q); subtracting MAGIC + z is exact, then one multiply by
-// the scale: two half2 operations per two weights, the "magic number" conversion that FasterTransformer
-// and Marlin use, here with the zero point folded into the subtraction.
+// Dequantisation: dequant.cuh.
 // Macros: WN WM WARPS_N WARPS_M WARPS_K STAGES (gemm_tiles.cuh), GROUP (32/64/128), ASYM, BIAS,
 // SMEM (dynamic shared bytes).
 
@@ -26,27 +23,9 @@ constexpr int BN = T::BN, BM = T::BM, BK = T::BK;
 
 static_assert(STAGES * STAGE_BYTES <= SMEM && T::EPILOGUE_BYTES <= SMEM, "tiles exceed SMEM");
 
-#if CT_DTYPE == 0
-#define MAGIC 0x6400u  // fp16 1024.0: its last mantissa bit is worth 1
-#else
-#define MAGIC 0x4300u  // bf16 128.0: likewise
-#endif
-
 // Row pairs are read as four consecutive 16-byte chunks by lanes t = 0..3 of two rows; with rows
 // of 128 bytes or more the odd row moves half a bank cycle over.
 __device__ __forceinline__ int a_swz(int r, int q) { return BK == 64 ? q : q ^ ((r & 1) << 2); }
-
-__device__ __forceinline__ gt_v2 bits2(unsigned u) { return ct_bits<gt_v2>(u); }
-
-// A fragment (four registers of two weights) of one m16n8k16 step from its packed word.
-__device__ __forceinline__ void dequant(unsigned (&a)[4], unsigned w, gt_v2 zlo, gt_v2 zhi,
-                                        gt_v2 slo, gt_v2 shi) {
-  constexpr unsigned M2 = MAGIC * 0x10001u;
-  a[0] = ct_bits<unsigned>(__hmul2(__hsub2(bits2((w & 0x000f000fu) | M2), zlo), slo));
-  a[1] = ct_bits<unsigned>(__hmul2(__hsub2(bits2(((w >> 4) & 0x000f000fu) | M2), zhi), shi));
-  a[2] = ct_bits<unsigned>(__hmul2(__hsub2(bits2(((w >> 8) & 0x000f000fu) | M2), zlo), slo));
-  a[3] = ct_bits<unsigned>(__hmul2(__hsub2(bits2(((w >> 12) & 0x000f000fu) | M2), zhi), shi));
-}
 
 extern "C" __global__ void __launch_bounds__(T::THREADS)
 w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
@@ -90,25 +69,14 @@ w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
       const int r = (wn * WN + i) * 8 + g;
       words[i] = *reinterpret_cast<const uint4*>(st + r * BK + a_swz(r, wk * 4 + t) * 16);
     }
-    gt_v2 slo[WN], shi[WN], zlo[WN], zhi[WN];
+    const unsigned char* sz = reinterpret_cast<const unsigned char*>(st + A_BYTES + S_BYTES);
+    W4Group q[WN];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if (h == 0 || GROUP == 32) {  // a 32-wide half never straddles a group
         const int sg = BK >= GROUP ? (wk * 64 + 32 * h) / GROUP : 0;
 #pragma unroll
-        for (int i = 0; i < WN; ++i) {
-          const int r = (wn * WN + i) * 16 + g;
-          const ct_t lo = ss[sg * BN + r], hi = ss[sg * BN + r + 8];
-          slo[i] = gt_v2{lo, lo};
-          shi[i] = gt_v2{hi, hi};
-#if ASYM
-          const unsigned char* sz = reinterpret_cast<const unsigned char*>(st + A_BYTES + S_BYTES);
-          zlo[i] = bits2((MAGIC | sz[sg * BN + r]) * 0x10001u);
-          zhi[i] = bits2((MAGIC | sz[sg * BN + r + 8]) * 0x10001u);
-#else
-          zlo[i] = zhi[i] = bits2((MAGIC | 8u) * 0x10001u);
-#endif
-        }
+        for (int i = 0; i < WN; ++i) q[i] = w4_group<BN, ASYM>(ss, sz, sg, (wn * WN + i) * 16 + g);
       }
       unsigned b[WM][4];
 #pragma unroll
@@ -119,7 +87,7 @@ w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
         for (int i = 0; i < WN; ++i) {
           const unsigned w = reinterpret_cast<const unsigned*>(&words[i])[2 * h + s];
           unsigned a[4];
-          dequant(a, w, zlo[i], zhi[i], slo[i], shi[i]);
+          w4_dequant(a, w, q[i]);
 #pragma unroll
           for (int j = 0; j < WM; ++j) gt_mma(acc[i][j], a, b[j][2 * s], b[j][2 * s + 1]);
         }

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import launch, timing
+from kernels import gpu, launch, timing
 
 K = kernels.get("int4_gemm")
 SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (16000, 1024, 256), (16000, 256, 1024)]
@@ -38,7 +38,7 @@ def _tinygemm_calls(shape, n_sets):
 
 
 @pytest.mark.parametrize("m, n, k", SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in SHAPES])
-@pytest.mark.parametrize("impl", ["cublas", "tinygemm", "cuda", "triton", "triton_splitk"])
+@pytest.mark.parametrize("impl", ["cublas", "tinygemm", "cuda", "cuda_wgmma", "triton", "triton_splitk"])
 def test_int4_gemm(measure, benchmark, impl, m, n, k):
     shape = _shape(m, n, k)
     cost = K.cost(shape, "float16")
@@ -60,6 +60,9 @@ def measure_impl(measure, kernel, impl, shape, sets, cost):
     """Time an implementation of ``kernel`` at its default config on the rotated ``sets``."""
     chosen = kernel.impl(impl)
     config = launch.default_config(kernel, chosen, shape, "float16")
+    reason = chosen.valid(config, shape, "float16", gpu.running().spec)
+    if reason:
+        pytest.skip(f"{impl}: {reason}")
     outs = [launch.empty_outputs(kernel, shape, "float16", "cuda") for _ in sets]
     calls = [lambda s=s, o=o: launch.run(kernel, chosen, config, {**s, **o}, shape)
              for s, o in zip(sets, outs)]

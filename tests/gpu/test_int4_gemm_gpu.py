@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import kernels
-from kernels import launch, verify
+from kernels import gpu, launch, verify
 from kernels.int4_gemm import dequantize, int4_linear, prepare
 from tests.gpu.sampling import check_chain_in_graph, check_random_configs
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("int4_gemm")
-IMPLS = ["cuda", "triton", "triton_splitk"]
+IMPLS = ["cuda", "cuda_wgmma", "triton", "triton_splitk"]
 SHAPES = [(1, 4096, 4096, 128, 1, 0), (16, 4096, 4096, 128, 0, 1), (7, 33, 96, 32, 1, 1),
           (300, 1000, 384, 64, 0, 0), (16000, 1024, 256, 128, 1, 1), (4097, 264, 1152, 128, 1, 0)]
 
@@ -25,33 +25,47 @@ def test_shapes(impl, dtype, m, n, k, group, asym, bias):
     shape = {"M": m, "N": n, "K": k, "group": group, "asym": asym, "with_bias": bias}
     chosen = K.impl(impl)
     config = launch.default_config(K, chosen, shape, dtype)
+    _skip_unless_here(chosen)
     v = verify.verify(K, chosen, config, shape, dtype, "cuda", seed=m + n)
     assert v.ok, f"{impl} {dtype} {shape} {config}: {v}"
 
 
+def _skip_unless_here(impl):
+    """cuda_wgmma exists for sm_90 only."""
+    if not impl.runs_on(gpu.running().spec):
+        pytest.skip(f"{impl.name} does not run on {gpu.running().spec.name}")
+
+
 @pytest.mark.parametrize("m", [1, 77, 1000])
-def test_sample_of_cuda_configs(m):
-    """Random valid configs: ragged M and N tiles, every WARPS_K and pipeline depth."""
-    check_random_configs(K, "cuda", {"M": m, "N": 200, "K": 640, "group": 64, "asym": 1, "with_bias": 1},
-                         seed=m)
+@pytest.mark.parametrize("impl", ["cuda", "cuda_wgmma"])
+def test_sample_of_cuda_configs(impl, m):
+    """Random valid configs: ragged M and N tiles, every WARPS_K (cuda), token tile (cuda_wgmma)
+    and pipeline depth; K = 640 with groups of 32 (wgmma: two scale rows per stage) or 64."""
+    shape = {"M": m, "N": 200, "K": 640, "group": 64 if m < 1000 else 32, "asym": 1, "with_bias": 1}
+    chosen = K.impl(impl)
+    _skip_unless_here(chosen)
+    check_random_configs(K, impl, shape, seed=m)
 
 
-@pytest.mark.parametrize("m", [1, 16, 300])
-def test_chained_calls_in_a_graph(m):
-    """GEMMs chained through their outputs in one CUDA graph: the CUDA kernel fetches its weight
-    before waiting for the one ahead (programmatic dependent launch, sm_90+), its x after."""
+@pytest.mark.parametrize("impl, m", [("cuda", 1), ("cuda", 16), ("cuda", 300), ("cuda_wgmma", 300)])
+def test_chained_calls_in_a_graph(impl, m):
+    """GEMMs chained through their outputs in one CUDA graph: the CUDA kernels fetch their weight
+    before waiting for the one ahead (programmatic dependent launch, sm_90+), their x after."""
     shape = {"M": m, "N": 2048, "K": 2048, "group": 128, "asym": 1, "with_bias": 1}
+    chosen = K.impl(impl)
+    _skip_unless_here(chosen)
     gen = torch.Generator(device="cuda").manual_seed(m)
-    check_chain_in_graph(K, "cuda", shape, K.make_inputs(shape, torch.float16, "cuda", gen))
+    check_chain_in_graph(K, impl, shape, K.make_inputs(shape, torch.float16, "cuda", gen))
 
 
-@pytest.mark.parametrize("impl", ["cuda", "triton"])
+@pytest.mark.parametrize("impl", ["cuda", "cuda_wgmma", "triton"])
 def test_offsets_past_2_to_the_31(impl):
     """y has 2^31 + 2^21 elements: its row offsets need 64 bits."""
     m, n, k = (1 << 20) + 1, 2048, 64
     gen = torch.Generator(device="cuda").manual_seed(5)
     w = prepare(torch.randn(n, k, device="cuda", generator=gen), group=32)
     x = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=gen)
+    _skip_unless_here(K.impl(impl))
     y = int4_linear(x, w, impl=impl)
     rows = torch.cat([torch.arange(64, device="cuda"), torch.arange(m - 64, m, device="cuda")])
     dense = dequantize(w.tensors["qweight"], w.tensors["scales"], w.tensors["zeros"], n, k, 32)
