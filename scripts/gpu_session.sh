@@ -8,6 +8,7 @@
 #        BENCH_K_<file>=EXPR filters one file's benchmarks; TUNE_MORE_D="512 1024" tunes more hidden
 #        sizes; DB_SEED=FILE starts from an earlier run's winners; TUNE_KERNELS="conv_module:cuda_dw
 #        linear_silu" tunes more kernels at TUNE_SEQ frames, TUNE_TRIALS configs per study)
+#   bash scripts/gpu_session.sh tune_kernels   # only the TUNE_KERNELS studies (TUNE_SEQ, TUNE_TRIALS)
 #   bash scripts/gpu_session.sh tune_ln bench  # tune LayerNorm at issue 2's benchmark shapes only
 #       (TUNE_LN="256:500 512:500 1024:2048", hidden:frames at batch 32; TUNE_TRIALS per study)
 #   bash scripts/gpu_session.sh quality        # GP vs exhaustive grid (scripts/tuner_quality.py)
@@ -55,12 +56,7 @@ phase_tune() {
   timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels layernorm --seq-lens 128 256 512 \
       --no-progress 2>&1 | tee "$OUT/tune.log" | tail -20
   for d in ${TUNE_MORE_D:-}; do tune_ln_at "$d" 16 500 2048; done   # the benchmark's other hidden sizes
-  for spec in ${TUNE_KERNELS:-}; do   # kernel[:impl,impl], e.g. conv_module:cuda_dw linear_silu
-    local k=${spec%%:*} impls=""; [ "$spec" != "$k" ] && impls=${spec#*:}
-    timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels "$k" ${impls:+--impls ${impls//,/ }} \
-        --seq-lens ${TUNE_SEQ:-500} --trials ${TUNE_TRIALS:-40} --no-progress 2>&1 | tee "$OUT/tune_$k.log" | tail -6
-    summary+=("tune $spec: $(tail -1 "$OUT/tune_$k.log")")
-  done
+  phase_tune_kernels
   local cold=$((SECONDS - t0))
   # a pip install compiles bytecode; the wheels above went in --no-compile, and without .pyc
   # files every start compiles SQLAlchemy and optuna again (about 1 s of the warm run)
@@ -75,6 +71,16 @@ phase_tune() {
   local imports; imports=$(python3 -c "import time; print(f'{time.time() - $t2:.2f}')")
   summary+=("python start + imports of the tuner's modules alone: ${imports} s")
   summary+=("tune layernorm 6 buckets x 2 impls: cold ${cold} s; warm re-run ${warm} s: $(tail -1 "$OUT/tune_warm.log")")
+}
+
+phase_tune_kernels() {   # TUNE_KERNELS="kernel[:impl,impl] ...", e.g. conv_module:cuda_dw linear_silu
+  local spec
+  for spec in ${TUNE_KERNELS:-}; do
+    local k=${spec%%:*} impls=""; [ "$spec" != "$k" ] && impls=${spec#*:}
+    timeout ${TUNE_TIMEOUT:-300} python3 -m autotune run --gpu auto --kernels "$k" ${impls:+--impls ${impls//,/ }} \
+        --seq-lens ${TUNE_SEQ:-500} --trials ${TUNE_TRIALS:-40} --no-progress 2>&1 | tee "$OUT/tune_$k.log" | tail -6
+    summary+=("tune $spec: $(tail -1 "$OUT/tune_$k.log")")
+  done
 }
 
 phase_tune_ln() {
