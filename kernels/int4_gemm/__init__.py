@@ -92,7 +92,7 @@ CUDA = Impl(
 
 # ---- CUDA, Hopper warpgroup MMA ------------------------------------------------------------
 
-WGMMA_SPACE = {"WG": (1, 2), "BT": (64, 128, 256), "STAGES": (2, 3, 4, 5)}
+WGMMA_SPACE = {"WG": (1, 2), "BT": (64, 128, 256), "STAGES": (2, 3, 4, 5), "OVERLAP": (0, 1)}
 
 
 def _wgmma_smem(config, shape) -> int:
@@ -116,8 +116,11 @@ def _wgmma_valid(config, shape, dtype, gpu):
         return reason
     if not CUDA_WGMMA.runs_on(gpu):
         return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
+    if config["OVERLAP"] and config["STAGES"] < 3:
+        return "OVERLAP needs 3 stages or more (one in the tensor cores, one loading, one ready)"
     threads = 128 * config["WG"]
-    regs = config["BT"] // 2 + 64   # accumulators; A fragments, words, scales, addressing
+    regs = config["BT"] // 2 + 64 + 16 * config["OVERLAP"]   # accumulators, A fragments (two
+    # stages' with OVERLAP), words, scales, addressing
     if regs > min(255, 65536 // threads):
         return f"about {regs} registers per thread (limit {min(255, 65536 // threads)})"
     smem = _wgmma_smem(config, shape)
@@ -132,7 +135,7 @@ def _wgmma_heuristic(shape, dtype, gpu):
     m, n = shape["M"], shape["N"]
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
     bt = 128 if m > 64 and -(-m // 128) * -(-n // 128) >= sms else 64
-    config = {"WG": 2 if n > 64 else 1, "BT": bt}
+    config = {"WG": 2 if n > 64 else 1, "BT": bt, "OVERLAP": 0}
     per_sm = gpu.smem_per_sm if gpu else 2 * tiles.DEFAULT_SMEM
     for stages in (4, 3, 2):
         config["STAGES"] = stages

@@ -106,23 +106,27 @@ __device__ __forceinline__ void gt_load_tile(char* dst, const char* src, ct_i64 
 // tail. (The first wait then covers all of those weight tiles; later stages are one group each.)
 // ASYNC_READS: compute reads the stage through the async proxy (wgmma operand descriptors), so
 // each thread's cp.async writes are made visible to it (fence.proxy.async) before the barrier.
-// compute() must be done reading its slot when it returns: the next iteration refills it.
-template <int STAGES, bool ASYNC_READS, typename LoadW, typename LoadX, typename Compute>
+// LAG: how many stages' reads compute() may leave in flight when it returns (0: it is done with
+// its slot; 1: the previous stage's asynchronous reads end only in the next compute, so the
+// loads run one stage less ahead, STAGES >= 3, and the caller drains the last one).
+template <int STAGES, bool ASYNC_READS, int LAG, typename LoadW, typename LoadX, typename Compute>
 __device__ __forceinline__ void gt_pipeline(int KT, LoadW load_w, LoadX load_x, Compute compute) {
+  constexpr int AHEAD = STAGES - 1 - LAG;  // stages requested before the first is computed
+  static_assert(AHEAD >= 1, "too few stages for the lag");
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s)
+  for (int s = 0; s < AHEAD; ++s)
     if (s < KT) load_w(s, s);
   ct_wait_for_predecessor();
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
+  for (int s = 0; s < AHEAD; ++s) {
     if (s < KT) load_x(s, s);
     gt_cp_commit();
   }
   for (int kt = 0; kt < KT; ++kt) {
-    gt_cp_wait<STAGES - 2>();
+    gt_cp_wait<AHEAD - 1>();
     if constexpr (ASYNC_READS) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();  // stage kt is visible, and everyone is done with the slot reloaded below
-    const int next = kt + STAGES - 1;
+    const int next = kt + AHEAD;
     if (next < KT) {
       load_w(next % STAGES, next);
       load_x(next % STAGES, next);
@@ -187,7 +191,7 @@ struct GemmTiles {
   template <typename LoadW, typename LoadX, typename Compute>
   static __device__ __forceinline__ void pipeline(int KT, LoadW load_w, LoadX load_x,
                                                   Compute compute) {
-    gt_pipeline<STAGES, false>(KT, load_w, load_x, compute);
+    gt_pipeline<STAGES, false, 0>(KT, load_w, load_x, compute);
   }
 
   // Sum the WARPS_K partial tiles through shared memory (EPILOGUE_BYTES), add the bias, and

@@ -11,7 +11,10 @@
 // visible to the async proxy) with STAGES stages; each stage is dequantised (16 registers per
 // thread), issued as 4 BT / N wgmma, and waited for before its slot is refilled. Epilogue: bias
 // in fp32, the tile transposed through shared memory, 16-byte stores.
-// Macros: WG (1/2), BT (64/128/256), STAGES, GROUP (32/64/128), ASYM, BIAS, SMEM.
+// OVERLAP 1: a stage's wgmma are left running while the next stage is waited for, loaded and
+// dequantised (wgmma.wait_group 1, loads one stage less ahead; the A registers of the stage in
+// flight are kept apart from the next one's).
+// Macros: WG (1/2), BT (64/128/256), STAGES, OVERLAP (0/1), GROUP (32/64/128), ASYM, BIAS, SMEM.
 
 constexpr int BN = 64 * WG, BK = 64, THREADS = 128 * WG;
 constexpr int INS = BT >= 128 ? 128 : 64;  // tokens per wgmma
@@ -65,6 +68,7 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
 #pragma unroll
     for (int e = 0; e < INS / 2; ++e) acc[j][e] = 0.f;
 
+  unsigned a_prev[4][4] = {};  // OVERLAP: the A fragments of the stage still in the tensor cores
   auto flat = [](int, int q) { return q; };
   auto load_w = [&](int slot, int kt) {
     char* st = ws + slot * W_BYTES;
@@ -108,13 +112,25 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
         wg_mma(acc[j], a[kk], d);
       }
     wg_commit();
-    wg_wait<0>();  // the slot is refilled after the next barrier, and a[] is reused
-    wg_keep(a);
+    if constexpr (OVERLAP) {   // this stage's MMAs run on while the next one is fetched and dequantised
+      wg_wait<1>();            // the previous stage's are done: its slot and registers are free
+      wg_keep(a_prev);
 #pragma unroll
-    for (int j = 0; j < NI; ++j) wg_keep(acc[j]);
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a_prev[kk][e] = a[kk][e];
+    } else {
+      wg_wait<0>();            // the slot is refilled after the next barrier, and a[] is reused
+      wg_keep(a);
+    }
   };
 
-  gt_pipeline<STAGES, true>(KT, load_w, load_x, compute);
+  gt_pipeline<STAGES, true, OVERLAP>(KT, load_w, load_x, compute);
+  wg_wait<0>();
+  wg_keep(a_prev);
+#pragma unroll
+  for (int j = 0; j < NI; ++j) wg_keep(acc[j]);
+  __syncthreads();  // every warpgroup's reads of the last stage are done before the epilogue
 
   // y^T fragments: rows r and r + 8 (weights), tokens j INS + 8 i + 2 t and + 1
   ct_t* out = reinterpret_cast<ct_t*>(smem);
