@@ -3,6 +3,7 @@ the fragment order the CUDA kernel reads), the public function through the Trito
 and bad input refused before launch."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -163,3 +164,34 @@ def test_large_m_triton_tiles_compile_to_wgmma_without_spilling():
     if result["local"] is None:
         pytest.skip("Triton's bundled cuobjdump is missing: spills not checked")
     assert result["local"] and all(v == "0" for v in result["local"]), result
+
+
+def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
+    """cuda_wgmma: refused (with the reason) on every GPU but sm_90; its OVERLAP needs three
+    stages; the large-M heuristic config, compiled for an H100 (NVRTC, sm_90a), holds warpgroup
+    MMAs whose A operand is a register (the dequantised weight), as its cuobjdump SASS shows."""
+    import tempfile
+
+    import triton
+
+    from kernels import contract, gpu, launch
+
+    impl = KERNEL.impl("cuda_wgmma")
+    shape = {"M": 16000, "N": 1024, "K": 256, "group": 128, "asym": 1, "with_bias": 1}
+    h100 = gpu.by_name("h100")
+    config = impl.heuristic(shape, "float16", h100)
+    assert impl.valid(config, shape, "float16", h100) is None
+    for name in ("a10", "l4", "a100"):
+        assert "sm_90" in impl.valid(config, shape, "float16", gpu.by_name(name))
+    assert "3 stages" in impl.valid({**config, "OVERLAP": 1, "STAGES": 2}, shape, "float16", h100)
+    consts = contract.resolved_constants(KERNEL, impl, config, shape, "float16")
+    cubin = launch.cuda_cubin(impl, consts, "float16", "sm_90")
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        pytest.skip("Triton's bundled cuobjdump is missing: SASS not checked")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True).stdout
+    hgmma = re.findall(r"HGMMA\.64x128x16\.F32\S* (R\d+), (\S+), gdesc", sass)
+    assert hgmma and all(a.startswith("R") for _, a in hgmma), sass[-2000:]
