@@ -56,6 +56,8 @@ def _checked(shape) -> None:
 
 # ---- CUDA ----------------------------------------------------------------------------------
 
+_CUDA_ARGS = ("x", "qweight", "scales", "zeros", "bias", "y", "M", "N", "K")   # both kernels
+
 def _cuda_stage_bytes(config, shape) -> int:
     s = tiles.sizes(config)
     sg = max(1, s["BK"] // shape["group"])
@@ -82,7 +84,7 @@ CUDA = Impl(
              HERE / "w4a16.cu"),
     space=tiles.SPACE,
     launches=(Launch("w4a16_gemm", tiles.GRID,
-                     ("x", "qweight", "scales", "zeros", "bias", "y", "M", "N", "K"),
+                     _CUDA_ARGS,
                      threads=tiles.THREADS, smem="SMEM", pdl=True),),
     constants=_cuda_constants,
     valid=_cuda_valid,
@@ -150,7 +152,7 @@ CUDA_WGMMA = Impl(
              HERE.parent / "wgmma.cuh", HERE / "w4a16_wgmma.cu"),
     space=WGMMA_SPACE,
     launches=(Launch("w4a16_wgmma", ("cdiv(M, BT)", "cdiv(N, 64 * WG)", "1"),
-                     ("x", "qweight", "scales", "zeros", "bias", "y", "M", "N", "K"),
+                     _CUDA_ARGS,
                      threads="128 * WG", smem="SMEM", pdl=True),),
     constants=_wgmma_constants,
     valid=_wgmma_valid,
