@@ -31,6 +31,23 @@ __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
+// Keep values in their registers, live up to this point: after the wgmma.wait_group that ends
+// the MMAs reading (A fragments) or writing (accumulators) them, so the compiler neither reuses
+// nor moves those registers while the tensor cores still use them.
+template <int N>
+__device__ __forceinline__ void wg_keep(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+template <int N>
+__device__ __forceinline__ void wg_keep(unsigned (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
+}
+
 // d (fp32, 64 x N) += a (registers, 64 x 16) * b (N x 16 K-major in shared memory, descriptor),
 // N = 64 or 128 by the size of d.
 __device__ __forceinline__ void wg_mma(float (&d)[32], const unsigned (&a)[4], unsigned long long desc) {

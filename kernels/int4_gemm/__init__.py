@@ -106,10 +106,19 @@ def _wgmma_smem(config, shape) -> int:
     return max(config["STAGES"] * stage, bt * (bn + 8) * 2) + 1024
 
 
+def _wgmma_registers(config) -> int:
+    """A rough count of live registers per thread: accumulators, A fragments, words, scales,
+    addressing (the A fragments of a second stage with OVERLAP excluded: see MIN_CTAS)."""
+    return config["BT"] // 2 + 64
+
+
 def _wgmma_constants(config, shape, dtype):
+    """MIN_CTAS: __launch_bounds__ asks for two CTAs per SM where the estimate leaves each
+    half the register file (with OVERLAP at WG 2 / BT 128 ptxas then spills 16-24 bytes)."""
     _checked(shape)
-    return {**config, "SMEM": _wgmma_smem(config, shape), "GROUP": shape["group"],
-            "ASYM": shape["asym"], "BIAS": shape["with_bias"]}
+    min_ctas = 2 if 128 * config["WG"] * _wgmma_registers(config) <= 32768 else 1
+    return {**config, "SMEM": _wgmma_smem(config, shape), "MIN_CTAS": min_ctas,
+            "GROUP": shape["group"], "ASYM": shape["asym"], "BIAS": shape["with_bias"]}
 
 
 def _wgmma_valid(config, shape, dtype, gpu):
@@ -121,8 +130,7 @@ def _wgmma_valid(config, shape, dtype, gpu):
     if config["OVERLAP"] and config["STAGES"] < 3:
         return "OVERLAP needs 3 stages or more (one in the tensor cores, one loading, one ready)"
     threads = 128 * config["WG"]
-    regs = config["BT"] // 2 + 64 + 16 * config["OVERLAP"]   # accumulators, A fragments (two
-    # stages' with OVERLAP), words, scales, addressing
+    regs = _wgmma_registers(config) + 16 * config["OVERLAP"]
     if regs > min(255, 65536 // threads):
         return f"about {regs} registers per thread (limit {min(255, 65536 // threads)})"
     smem = _wgmma_smem(config, shape)

@@ -14,7 +14,8 @@
 // OVERLAP 1: a stage's wgmma are left running while the next stage is waited for, loaded and
 // dequantised (wgmma.wait_group 1, loads one stage less ahead; the A registers of the stage in
 // flight are kept apart from the next one's).
-// Macros: WG (1/2), BT (64/128/256), STAGES, OVERLAP (0/1), GROUP (32/64/128), ASYM, BIAS, SMEM.
+// Macros: WG (1/2), BT (64/128/256), STAGES, OVERLAP (0/1), GROUP (32/64/128), ASYM, BIAS, SMEM,
+// MIN_CTAS (__launch_bounds__: CTAs per SM the registers must leave room for).
 
 constexpr int BN = 64 * WG, BK = 64, THREADS = 128 * WG;
 constexpr int INS = BT >= 128 ? 128 : 64;  // tokens per wgmma
@@ -33,22 +34,6 @@ constexpr int NI = BT / INS;
 static_assert(BT % INS == 0 && (WG == 1 || WG == 2), "tile");
 static_assert((STAGES * (X_BYTES + W_BYTES) > EPI_BYTES ? STAGES * (X_BYTES + W_BYTES) : EPI_BYTES) + 1024 <= SMEM,
               "tiles exceed SMEM");
-
-template <int NA>
-__device__ __forceinline__ void wg_keep(float (&d)[NA]) {  // the values live, in these registers
-#pragma unroll
-  for (int i = 0; i < NA; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-__device__ __forceinline__ void wg_keep(unsigned (&a)[4][4]) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
-}
-
-// two CTAs per SM where the register file allows it (at most 65536 / (2 THREADS) each)
-constexpr int MIN_CTAS = THREADS * (BT / 2 + 56) <= 32768 ? 2 : 1;
 
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS)
 w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
@@ -127,7 +112,7 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
 
   gt_pipeline<STAGES, true, OVERLAP>(KT, load_w, load_x, compute);
   wg_wait<0>();
-  wg_keep(a_prev);
+  if constexpr (OVERLAP) wg_keep(a_prev);
 #pragma unroll
   for (int j = 0; j < NI; ++j) wg_keep(acc[j]);
   __syncthreads();  // every warpgroup's reads of the last stage are done before the epilogue
