@@ -1,10 +1,12 @@
 // Hopper warpgroup MMA (sm_90a: compiled for the architecture-specific target, Impl.arch_suffix
-// "a"), for kernels whose A operand is computed in registers (dequantised weights) and whose B
-// operand is a K-major tile in shared memory in the 128-byte swizzle: rows of 64 halves (128
-// bytes), 16-byte chunk q of row r at r * 128 + (q ^ (r % 8)) * 16 from a 1024-byte aligned base
-// (gt_swz<128>). PTX ISA, "Asynchronous Warpgroup Level Matrix Multiply-Accumulate": each warp w
-// of the warpgroup holds rows 16 w .. 16 w + 15 of the m64 A and D tiles in the m16n8k16
-// fragment layout (D: n8 column block i in d[4 i .. 4 i + 3]).
+// "a"), for kernels whose A operand is in registers (dequantised weights, attention's q or
+// probabilities) and whose B operand is a tile in shared memory in the 128-byte swizzle: rows
+// of 64 halves (128 bytes), 16-byte chunk q of row r at r * 128 + (q ^ (r % 8)) * 16 from a
+// 1024-byte aligned base; read K-major (wg_desc) or MN-major (wg_desc_mn, TRANS_B). The
+// swizzle acts on shared-memory address bits: a descriptor starts at an 8-row atom, plus 32
+// bytes per k16 step of a K-major tile (gt_swz<128>). PTX ISA, "Asynchronous Warpgroup Level
+// Matrix Multiply-Accumulate": each warp w of the warpgroup holds rows 16 w .. 16 w + 15 of the
+// m64 A and D tiles in the m16n8k16 fragment layout (D: n8 column block i in d[4 i .. 4 i + 3]).
 
 #if CT_DTYPE == 0
 #define WG_TYPE "f16"
@@ -20,6 +22,16 @@
 __device__ __forceinline__ unsigned long long wg_desc(unsigned addr) {
   return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) |
          (1ull << 62);
+}
+
+// The same for an MN-major tile (wgmma's B with imm-trans-b 1: B [K, N] stored with N
+// contiguous), 128-byte swizzle: 64 halves of N per 128-byte row, one row per k, 8 rows (k) per
+// 1024-byte atom (stride byte offset 1024), the next 64 of N ``lbo`` bytes further (leading byte
+// offset). PTX ISA, "Shared Memory Matrix Layout", MN-major canonical layout
+// ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)). A k16 step moves the start by 2048 bytes.
+__device__ __forceinline__ unsigned long long wg_desc_mn(unsigned addr, unsigned lbo) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
+         ((1024ull >> 4) << 32) | (1ull << 62);
 }
 
 // Before the first wgmma that reads registers (A fragments, accumulators) written by other
@@ -48,27 +60,31 @@ __device__ __forceinline__ void wg_keep(unsigned (&a)[N][4]) {
     for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
 }
 
-// d (fp32, 64 x N) += a (registers, 64 x 16) * b (N x 16 K-major in shared memory, descriptor),
-// N = 64 or 128 by the size of d.
-__device__ __forceinline__ void wg_mma(float (&d)[32], const unsigned (&a)[4], unsigned long long desc) {
+// d (fp32, 64 x N) = a (registers, 64 x 16) * b (+ d where acc != 0), N = 64 or 128 by the size
+// of d; b in shared memory (descriptor), N x 16 K-major, or with TRANS_B 16 x N MN-major.
+template <int TRANS_B = 0>
+__device__ __forceinline__ void wg_mma(float (&d)[32], const unsigned (&a)[4], unsigned long long desc,
+                                       int acc = 1) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32." WG_TYPE "." WG_TYPE "\n"
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},\n"
-      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TRANS_B));
 }
 
-__device__ __forceinline__ void wg_mma(float (&d)[64], const unsigned (&a)[4], unsigned long long desc) {
+template <int TRANS_B = 0>
+__device__ __forceinline__ void wg_mma(float (&d)[64], const unsigned (&a)[4], unsigned long long desc,
+                                       int acc = 1) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32." WG_TYPE "." WG_TYPE "\n"
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},\n"
-      "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -77,5 +93,5 @@ __device__ __forceinline__ void wg_mma(float (&d)[64], const unsigned (&a)[4], u
         "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TRANS_B));
 }

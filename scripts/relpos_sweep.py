@@ -1,4 +1,4 @@
-"""The rel-pos attention's CUDA implementation over its whole config space on a GPU, beside the
+"""The rel-pos attention's CUDA implementations over their whole config spaces on a GPU, beside the
 Triton kernel's default config and SDPA without relative positions (the speed of light of the
 same q.k^T and P.v), at issue 5's shape: B=32, H=4, d_k=64, fp16, full lengths.
 
@@ -7,7 +7,7 @@ sequence, poisoned output; a wrong one is reported and never timed), then timed 
 replays over rotated input sets larger than the L2 (kernels.timing.bench_graph, median).
 Compiles run in parallel processes first (NVRTC's disk cache then serves the timing process).
 
-    python3 scripts/relpos_sweep.py [--T 500 2000] [--rel 1] [--top 8]
+    python3 scripts/relpos_sweep.py [--T 500 2000] [--rel 1] [--top 8] [--impl cuda cuda_wgmma]
 """
 import argparse
 import itertools
@@ -34,8 +34,8 @@ def _configs(impl, shape, spec):
 
 
 def _compile(job):
-    config, shape, arch = job
-    impl = K.impl("cuda")
+    name, config, shape, arch = job
+    impl = K.impl(name)
     launch.cuda_cubin(impl, contract.resolved_constants(K, impl, config, shape, "float16"),
                       "float16", arch)
 
@@ -45,11 +45,13 @@ def main():
     ap.add_argument("--T", type=int, nargs="+", default=[500, 2000])
     ap.add_argument("--rel", type=int, default=1, choices=(0, 1, 2))
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--impl", nargs="+", default=["cuda", "cuda_wgmma"])
     args = ap.parse_args()
     spec = gpus.running().spec
-    cuda, triton_impl = K.impl("cuda"), K.impl("triton")
-    jobs = [(c, _shape(t, args.rel), spec.arch) for t in args.T
-            for c in _configs(cuda, _shape(t, args.rel), spec)]
+    cudas = [K.impl(name) for name in args.impl if K.impl(name).runs_on(spec)]
+    triton_impl = K.impl("triton")
+    jobs = [(impl.name, c, _shape(t, args.rel), spec.arch) for t in args.T for impl in cudas
+            for c in _configs(impl, _shape(t, args.rel), spec)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         list(tqdm(pool.map(_compile, jobs), total=len(jobs), desc="compile"))
     failed = []
@@ -68,25 +70,28 @@ def main():
                                        for s, o in zip(sets, outs)], reps=15).median_us
 
         rows = []
-        for config in tqdm(_configs(cuda, shape, spec), desc=f"T={t}"):
-            v = verify.verify(K, cuda, config, {**shape, "B": 4}, "float16", "cuda", seed=t)
-            if not v.ok:
-                failed.append(f"T={t} {config}: {v}")
-                continue
-            rows.append((per_call(cuda, config), config))
+        for impl in cudas:
+            for config in tqdm(_configs(impl, shape, spec), desc=f"{impl.name} T={t}"):
+                v = verify.verify(K, impl, config, {**shape, "B": 4}, "float16", "cuda", seed=t)
+                if not v.ok:
+                    failed.append(f"{impl.name} T={t} {config}: {v}")
+                    continue
+                rows.append((per_call(impl, config), impl.name, config))
         rows.sort(key=lambda r: r[0])
         heads = lambda s: [s[n].view(32, t, 4, 64).transpose(1, 2) for n in ("q", "k", "v")]  # noqa: E731
         sdpa = timing.bench_graph([lambda s=s: torch.nn.functional.scaled_dot_product_attention(*heads(s))
                                    for s in sets], reps=15).median_us
         tri_config = launch.default_config(K, triton_impl, shape, "float16")
         tri = per_call(triton_impl, tri_config)
-        default = launch.default_config(K, cuda, shape, "float16")
         tflops = lambda us: cost.flops / (us * 1e-6) / 1e12   # noqa: E731
         print(f"relpos_attention rel={args.rel} B32 H4 dk64 T={t}: {len(rows)} CUDA configs; "
               f"SDPA (no rel-pos) {sdpa:.2f} us; triton {tri_config} {tri:.2f} us", flush=True)
-        print(f"  cuda default {default}: {per_call(cuda, default):.2f} us")
-        for us, config in rows[:args.top]:
-            print(f"  {us:8.2f} us  {us / sdpa:.2f}x SDPA  {tflops(us):6.1f} TFLOP/s  {config}", flush=True)
+        for impl in cudas:
+            default = launch.default_config(K, impl, shape, "float16")
+            print(f"  {impl.name} default {default}: {per_call(impl, default):.2f} us")
+        for us, name, config in rows[:args.top]:
+            print(f"  {us:8.2f} us  {us / sdpa:.2f}x SDPA  {tflops(us):6.1f} TFLOP/s  {name} {config}",
+                  flush=True)
     if failed:
         raise SystemExit("wrong results:\n" + "\n".join(failed))
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kernels.int4_gemm import KERNEL, dequantize, int4_linear, packing, prepare
+from tests.sass import sass_of
 
 # The launcher's checks and the public function run on the GPU where there is one, else through
 # Triton's interpreter on the CPU.
@@ -170,11 +171,7 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
     """cuda_wgmma: refused (with the reason) on every GPU but sm_90; its OVERLAP needs three
     stages; the large-M heuristic config, compiled for an H100 (NVRTC, sm_90a), holds warpgroup
     MMAs whose A operand is a register (the dequantised weight), as its cuobjdump SASS shows."""
-    import tempfile
-
-    import triton
-
-    from kernels import contract, gpu, launch
+    from kernels import gpu
 
     impl = KERNEL.impl("cuda_wgmma")
     shape = {"M": 16000, "N": 1024, "K": 256, "group": 128, "asym": 1, "with_bias": 1}
@@ -184,14 +181,6 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
     for name in ("a10", "l4", "a100"):
         assert "sm_90" in impl.valid(config, shape, "float16", gpu.by_name(name))
     assert "3 stages" in impl.valid({**config, "OVERLAP": 1, "STAGES": 2}, shape, "float16", h100)
-    consts = contract.resolved_constants(KERNEL, impl, config, shape, "float16")
-    cubin = launch.cuda_cubin(impl, consts, "float16", "sm_90")
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        pytest.skip("Triton's bundled cuobjdump is missing: SASS not checked")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True).stdout
+    sass = sass_of("int4_gemm", "cuda_wgmma", config, shape)
     hgmma = re.findall(r"HGMMA\.64x128x16\.F32\S* (R\d+), (\S+), gdesc", sass)
     assert hgmma and all(a.startswith("R") for _, a in hgmma), sass[-2000:]

@@ -182,7 +182,7 @@ MAX_CUDA_WORDS = 168
 CUDA = Impl(
     name="cuda",
     sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
-             HERE / "relpos_attn.cu"),
+             HERE / "attn_common.cuh", HERE / "relpos_attn.cu"),
     space=CUDA_SPACE,
     launches=(Launch("relpos_attn_fwd", ("cdiv(T, 16 * WARPS) * B * H", "1", "1"),
                      ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T"),
@@ -191,6 +191,83 @@ CUDA = Impl(
     valid=_cuda_valid,
     heuristic=_cuda_heuristic,
     dtypes=CUDA_DTYPES,
+)
+
+
+# ---- CUDA, Hopper warpgroup MMA ------------------------------------------------------------
+
+WGMMA_SPACE = {"BN": (64, 128), "WG": (1, 2), "STAGES": (2, 3)}
+WGMMA_HEAD_DIMS = (64, 128)   # rows of 128-byte panels; d_k 32 stays with ``cuda``
+
+
+def _wgmma_band_stride(bn: int) -> int:
+    """Floats per row of a warp's band in relpos_attn_wgmma.cu (BN + 16 columns, = 8 mod 16)."""
+    return bn + 16 + (8 - (bn + 16)) % 16
+
+
+def _wgmma_smem(config, shape) -> int:
+    """relpos_attn_wgmma.cu's layout: STAGES x (K, V and the block's rows of p: BN + 64 WG in
+    the ESPnet form, BN in WeNet's), q + u (and q + v), each warp's band (ESPnet form), and
+    1024 bytes to align the swizzle atoms."""
+    bn, wg, rel, rb = config["BN"], config["WG"], shape["rel"], 2 * shape["DK"]
+    p_rows = bn + 64 * wg if rel == 1 else bn if rel == 2 else 0
+    band = 4 * wg * 16 * _wgmma_band_stride(bn) * 4 if rel == 1 else 0
+    return config["STAGES"] * (2 * bn + p_rows) * rb + (1 + bool(rel)) * 64 * wg * rb + band + 1024
+
+
+def _wgmma_registers(config, shape) -> int:
+    """Live registers per thread while the scores are computed, roughly: the output, score and
+    band (ESPnet form) accumulators, the q + u (and q + v) fragments, addressing. Against
+    ptxas for sm_90a: 184 → 205 used (d_k 64, BN 64, ESPnet), 248 → 255 with no spill (d_k 64,
+    BN 128) or 64 bytes of spill (d_k 128, BN 64)."""
+    bn, dk, rel = config["BN"], shape["DK"], shape["rel"]
+    return dk // 2 + bn // 2 + (rel == 1) * (bn + 64) // 2 + dk // 4 * (1 + bool(rel)) + 24
+
+
+def _wgmma_constants(config, shape, dtype):
+    _check_head_dim(shape["DK"])
+    return {"HEADS": shape["H"], "HEAD_DIM": shape["DK"], "REL": shape["rel"], "CHUNK": shape["chunk"],
+            "LEFT": shape["left_chunks"], "PACKED": shape["packed"], **config,
+            "SMEM": _wgmma_smem(config, shape)}
+
+
+def _wgmma_valid(config, shape, dtype, gpu):
+    if not CUDA_WGMMA.runs_on(gpu):
+        return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
+    if dtype not in CUDA_DTYPES:
+        return f"{dtype} activations: the tensor-core kernel takes {list(CUDA_DTYPES)}"
+    if shape["DK"] not in WGMMA_HEAD_DIMS:
+        return f"head dim {shape['DK']} is not one of {list(WGMMA_HEAD_DIMS)} (cuda takes it)"
+    if -(-shape["T"] // (64 * config["WG"])) * shape["B"] * shape["H"] > 2**31 - 1:
+        return "more than 2^31-1 CTAs"
+    regs = _wgmma_registers(config, shape)
+    if regs > 255:
+        return f"about {regs} live registers per thread would spill"
+    smem = _wgmma_smem(config, shape)
+    if smem > gpu.smem_per_block:
+        return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
+    return None
+
+
+def _wgmma_heuristic(shape, dtype, gpu):
+    """One warpgroup (64 queries) per CTA, 64 keys per block, two stages: two CTAs per SM."""
+    return {"BN": 64, "WG": 1, "STAGES": 2}
+
+
+CUDA_WGMMA = Impl(
+    name="cuda_wgmma",
+    sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
+             HERE.parent / "wgmma.cuh", HERE / "attn_common.cuh", HERE / "relpos_attn_wgmma.cu"),
+    space=WGMMA_SPACE,
+    launches=(Launch("relpos_attn_wgmma", ("cdiv(T, 64 * WG) * B * H", "1", "1"),
+                     ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T"),
+                     threads="128 * WG", smem="SMEM", pdl=True),),
+    constants=_wgmma_constants,
+    valid=_wgmma_valid,
+    heuristic=_wgmma_heuristic,
+    dtypes=CUDA_DTYPES,
+    arch_suffix="a",
+    ccs=((9, 0),),
 )
 
 
@@ -267,7 +344,7 @@ KERNEL = Kernel(
              TensorSpec("out", ("B", "T", "H * DK"), role="out")),
     scalars={},
     dtypes=("float16", "bfloat16", "float32"),
-    impls=(TRITON, CUDA),
+    impls=(TRITON, CUDA, CUDA_WGMMA),
     reference=_reference,
     baseline=_baseline,
     make_inputs=_make_inputs,

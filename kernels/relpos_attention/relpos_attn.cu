@@ -22,7 +22,8 @@
 // lives in a ring of POV + STAGES BN rows: the first block loads its whole window, every later
 // one only its last BN rows; row r of block b's window is ring row (b BN + r) mod PRING.
 // Fragment layouts are the PTX ISA's ("Matrix Fragments for mma.m16n8k16"): lane = 4 g + t; A
-// rows g, g + 8; B column g; C rows g, g + 8, columns 2 t, 2 t + 1.
+// rows g, g + 8; B column g; C rows g, g + 8, columns 2 t, 2 t + 1. Masks, the online softmax and
+// the output rows: attn_common.cuh.
 // Macros: HEADS, HEAD_DIM (32/64/128), REL (0 plain, 1 ESPnet, 2 WeNet legacy), CHUNK (0: none),
 // LEFT (-1: all), PACKED (q | k | v in one tensor of rows 3 HEADS HEAD_DIM), BN (16/32/64 keys per
 // block), WARPS (BM = 16 WARPS), STAGES (2/3), SMEM (dynamic shared bytes).
@@ -45,21 +46,11 @@ constexpr int KV_BYTES = 2 * BN * RB;          // one stage of K and V
 constexpr int Q_BYTES = BM * RB;
 constexpr int BAND_BYTES = REL == 1 ? WARPS * 16 * SB * 4 : 0;
 constexpr int AREA = (1 + (REL != 0)) * Q_BYTES > BAND_BYTES ? (1 + (REL != 0)) * Q_BYTES : BAND_BYTES;
-constexpr int CHUNK_ = CHUNK > 0 ? CHUNK : 1;  // the divisor where CHUNK > 0
-#define NEG_INF (-__int_as_float(0x7f800000))
 static_assert(HEAD_DIM % 32 == 0 && BN % 16 == 0 && STAGES >= 2, "unsupported tile");
 static_assert(STAGES * KV_BYTES + PRING * RB + AREA <= SMEM, "tiles exceed SMEM");
 
 // Byte offset of 16-byte chunk q of row r in a tile of RB-byte rows.
 __device__ __forceinline__ int at(int r, int q) { return r * RB + gt_swz<RB>(r, q) * 16; }
-
-__device__ __forceinline__ unsigned pack2(float lo, float hi) {
-#if CT_DTYPE == 0
-  return ct_bits<unsigned>(__floats2half2_rn(lo, hi));
-#else
-  return ct_bits<unsigned>(__floats2bfloat162_rn(lo, hi));
-#endif
-}
 
 // ROWS rows of HEAD_DIM elements from ``src`` (row stride ``stride`` elements) starting at row
 // ``first``, into tile rows slot, slot + 1, ... modulo ``wrap`` (slot < wrap, ROWS <= wrap); rows
@@ -125,16 +116,8 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   const ct_t* vh = vg + q_off + 2 * PACKED * HD;
   const ct_t* ph = REL ? pg + h * HEAD_DIM : pg;   // p is absent (null) for plain attention
 
-  // key window of the block as a whole (rows narrow it further below)
-  int lo = 0, hi = length;
-  if constexpr (CHUNK > 0) {
-    const int last = max(min(i0 + BM, length) - 1, 0);
-    hi = min((last / CHUNK_ + 1) * CHUNK_, length);
-    if (LEFT >= 0) lo = max((i0 / CHUNK_ - LEFT) * CHUNK_, 0);
-  }
-  if (i0 >= length) hi = 0;
-  lo = lo / BN * BN;
-  const int n_blocks = hi > lo ? (hi - lo + BN - 1) / BN : 0;
+  int lo;   // key window of the block as a whole (rows narrow it further below)
+  const int n_blocks = attn_key_blocks<BN, CHUNK, LEFT>(i0, BM, length, lo);
 
   auto issue = [&](int block) {
     if (block < n_blocks) {
@@ -179,16 +162,7 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 
   // the two query rows of this lane and their key windows
   int row_lo[2], row_hi[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int i = i0 + 16 * w + g + 8 * half;
-    row_lo[half] = 0;
-    row_hi[half] = length;
-    if constexpr (CHUNK > 0) {
-      row_hi[half] = min((i / CHUNK_ + 1) * CHUNK_, length);
-      if (LEFT >= 0) row_lo[half] = max((i / CHUNK_ - LEFT) * CHUNK_, 0);
-    }
-  }
+  attn_row_windows<CHUNK, LEFT>(row_lo, row_hi, i0 + 16 * w + g, length);
   const float qk_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(HEAD_DIM));   // softmax in base 2
   float m_i[2] = {-1.0e30f, -1.0e30f}, l_i[2] = {0.0f, 0.0f};     // finite: no NaN when masked
   float o[HEAD_DIM / 8][4];
@@ -241,50 +215,15 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     if (REL == 2) qk<BN / 8>(s, a_v, s_p, pbase, lane, PRING);
 
     // scale, mask, online softmax
-    const bool masked = CHUNK > 0 || j0 + BN > length;
-    float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int half = e / 2, j = j0 + 8 * nt + 2 * t + e % 2;
-        float v = s[nt][e] * qk_scale;
-        if (masked && (j < row_lo[half] || j >= row_hi[half])) v = NEG_INF;
-        s[nt][e] = v;
-        mx[half] = fmaxf(mx[half], v);
-      }
-    }
-    float alpha[2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
-      mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
-      const float m_new = fmaxf(m_i[half], mx[half]);
-      alpha[half] = exp2f(m_i[half] - m_new);
-      m_i[half] = m_new;
-      l_i[half] *= alpha[half];
-    }
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] = exp2f(s[nt][e] - m_i[e / 2]);
-        l_i[e / 2] += s[nt][e];
-      }
-    }
-#pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) {
-      o[nd][0] *= alpha[0];
-      o[nd][1] *= alpha[0];
-      o[nd][2] *= alpha[1];
-      o[nd][3] *= alpha[1];
-    }
+    float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
+    attn_softmax_block<BN / 8, HEAD_DIM / 8>(sf, m_i, l_i, reinterpret_cast<float (&)[HEAD_DIM / 2]>(o),
+                                             j0, row_lo, row_hi, CHUNK > 0 || j0 + BN > length,
+                                             qk_scale, t);
     // o += P . V: the C fragments of two n8 score tiles are the A fragment of one k16 step
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      const unsigned a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
-                             pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      unsigned a[4];
+      attn_p_frag(a, sf, kk);
 #pragma unroll
       for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
         unsigned bv[4];
@@ -297,19 +236,7 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   }
   gt_cp_wait<0>();
 
-  const ct_i64 o_off = static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float l = l_i[half];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int i = i0 + 16 * w + g + 8 * half;
-    if (i >= T) continue;
-    const bool ok = i < length && l > 0.0f;
-    const float inv = ok ? 1.0f / l : 0.0f;
-#pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd)
-      *reinterpret_cast<unsigned*>(out + o_off + static_cast<ct_i64>(i) * HD + 8 * nd + 2 * t) =
-          pack2(o[nd][2 * half] * inv, o[nd][2 * half + 1] * inv);
-  }
+  attn_store_rows<HEAD_DIM / 8>(out, static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM, HD,
+                                reinterpret_cast<const float (&)[HEAD_DIM / 2]>(o), l_i,
+                                i0 + 16 * w + g, T, length, t);
 }

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import launch, timing
+from kernels import gpu, launch, timing
 from kernels.relpos_attention import reference
 
 K = kernels.get("relpos_attention")
@@ -69,13 +69,14 @@ IMPLS = {
 
 
 @pytest.mark.parametrize("t", SEQ)
-@pytest.mark.parametrize("impl", ["triton", "cuda", "sdpa", "sdpa_bias", "eager", "compile"])
+@pytest.mark.parametrize("impl", ["triton", "cuda", "cuda_wgmma", "sdpa", "sdpa_bias", "eager",
+                                  "compile"])
 def test_relpos_attention(measure, benchmark, impl, t):
     shape = _shape(t, rel=0 if impl == "sdpa" else 1)
     cost = K.cost(_shape(t), "float16")
     sets = _sets(shape, timing.rotation(cost.bytes))
     benchmark.group = f"relpos_attention fp16 B32 H4 dk64 T{t}"
-    if impl in ("triton", "cuda"):
+    if impl in ("triton", "cuda", "cuda_wgmma"):
         config = launch.default_config(K, K.impl(impl), shape, "float16")
         _measure_kernel(measure, sets, shape, cost, config, impl)
         return
@@ -89,7 +90,7 @@ def test_relpos_attention(measure, benchmark, impl, t):
 
 
 @pytest.mark.parametrize("t", SEQ)
-@pytest.mark.parametrize("impl", ["triton", "cuda", "sdpa"])
+@pytest.mark.parametrize("impl", ["triton", "cuda", "cuda_wgmma", "sdpa"])
 def test_plain_attention(measure, benchmark, impl, t):
     """rel=0 (torchaudio's Conformer) against SDPA, both on the plain attention's work."""
     shape = _shape(t, rel=0)
@@ -105,6 +106,8 @@ def test_plain_attention(measure, benchmark, impl, t):
 
 def _measure_kernel(measure, sets, shape, cost, config, impl):
     chosen = K.impl(impl)
+    if not chosen.runs_on(gpu.running().spec):
+        pytest.skip(f"{impl} does not run on {gpu.running().spec.name}")
     outs = [launch.empty_outputs(K, shape, "float16", "cuda") for _ in sets]
     calls = [lambda s=s, o=o: launch.run(K, chosen, config, {**s, **o}, shape)
              for s, o in zip(sets, outs)]

@@ -1,4 +1,5 @@
-"""Relative-position attention on the GPU, both implementations (the CUDA one for fp16/bf16):
+"""Relative-position attention on the GPU, every implementation (the CUDA ones for fp16/bf16;
+cuda_wgmma on sm_90 at d_k 64 and 128, skipped with its rule's reason elsewhere):
 T from 1 to 2000 and odd, every head dim and dtype, all three position forms (ESPnet, WeNet
 legacy, plain), ragged lengths with an empty sequence, chunk masks, a sample of the config space,
 plain attention against SDPA, and a batch whose element offsets pass 2^31."""
@@ -7,12 +8,12 @@ import pytest
 import torch
 
 import kernels
-from kernels import launch, verify
+from kernels import gpu, launch, verify
 from tests.gpu.sampling import random_valid_configs
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("relpos_attention")
-IMPLS = ["triton", "cuda"]
+IMPLS = ["triton", "cuda", "cuda_wgmma"]
 
 
 def _shape(b=3, t=500, h=2, dk=64, chunk=0, left=-1, rel=1, packed=0):
@@ -20,9 +21,20 @@ def _shape(b=3, t=500, h=2, dk=64, chunk=0, left=-1, rel=1, packed=0):
             "packed": packed, "rel": rel}
 
 
-def _check(impl, shape, dtype, config=None, seed=0):
+def _taken(impl, shape, dtype="float16"):
+    """The impl and its default config for ``shape``; skips where cuda_wgmma's rule refuses the
+    shape or this GPU (every other impl takes every shape)."""
     chosen = K.impl(impl)
-    config = config or launch.default_config(K, chosen, shape, dtype)
+    config = launch.default_config(K, chosen, shape, dtype)
+    reason = chosen.valid(config, shape, dtype, gpu.running().spec)
+    if reason and impl == "cuda_wgmma":
+        pytest.skip(f"{impl}: {reason}")
+    return chosen, config
+
+
+def _check(impl, shape, dtype, config=None, seed=0):
+    chosen, default = _taken(impl, shape, dtype)
+    config = config or default
     v = verify.verify(K, chosen, config, shape, dtype, "cuda", seed=seed)
     assert v.ok, f"{impl} {shape} {dtype} {config}: {v}"
 
@@ -73,9 +85,12 @@ def test_packed_qkv(impl, t, dk, chunk, rel, dtype):
 
 @pytest.mark.parametrize("impl, rel, dtype", [("triton", 1, "float16"), ("triton", 2, "float16"),
                                               ("triton", 1, "float32"), ("cuda", 1, "float16"),
-                                              ("cuda", 2, "bfloat16"), ("cuda", 0, "float16")])
+                                              ("cuda", 2, "bfloat16"), ("cuda", 0, "float16"),
+                                              ("cuda_wgmma", 1, "float16"), ("cuda_wgmma", 2, "bfloat16"),
+                                              ("cuda_wgmma", 0, "float16")])
 def test_sample_of_the_config_space(impl, rel, dtype):
     shape = _shape(t=300, rel=rel)
+    _taken(impl, shape, dtype)
     count = 24 if impl == "triton" else 12
     for i, config in enumerate(random_valid_configs(K.impl(impl), shape, count=count, dtype=dtype)):
         _check(impl, shape, dtype, config, seed=i)
@@ -89,8 +104,7 @@ def test_chained_calls_in_a_graph(impl):
     shape = _shape(t=300, h=2, dk=64)
     gen = torch.Generator(device="cuda").manual_seed(3)
     x = K.make_inputs(shape, torch.float16, "cuda", gen)
-    chosen = K.impl(impl)
-    config = launch.default_config(K, chosen, shape, "float16")
+    chosen, config = _taken(impl, shape)
     qs = [x["q"]] + [torch.full_like(x["q"], float("nan")) for _ in range(4)]
 
     def chain():
@@ -113,6 +127,7 @@ def test_chained_calls_in_a_graph(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_plain_attention_equals_sdpa(impl):
     shape = _shape(b=4, t=640, h=4, rel=0)
+    _taken(impl, shape)
     gen = torch.Generator(device="cuda").manual_seed(5)
     x = K.make_inputs(shape, torch.float16, "cuda", gen)
     x["lengths"].fill_(640)
@@ -125,6 +140,7 @@ def test_plain_attention_equals_sdpa(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_offsets_past_2_to_the_31(impl):
     shape = _shape(b=4100, t=1024, h=4, dk=128)        # 2.15e9 elements in q, k, v and out
+    _taken(impl, shape)
     gen = torch.Generator(device="cuda").manual_seed(11)
     x = K.make_inputs(shape, torch.float16, "cuda", gen)
     out = launch.call(K, x, shape, impl)["out"]

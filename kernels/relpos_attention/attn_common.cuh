@@ -1,0 +1,122 @@
+// What both CUDA attention kernels (relpos_attn.cu: mma.sync, relpos_attn_wgmma.cu: wgmma) do
+// the same way: the keys each query attends to, the online softmax of one key block, and the
+// output rows. A warp owns 16 query rows; its scores and output are in the m16n8k16 C layout
+// (that of each warp's 16 rows of wgmma's D as well), flat: n8 tile nt, element e at
+// s[4 nt + e], row g (e < 2) or g + 8, column 8 nt + 2 t + e % 2 (lane = 4 g + t).
+// The chunk mask is a template argument (a header precedes the kernel's config macros): CHUNK
+// frames per chunk (0: none), LEFT chunks of history (-1: all).
+
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+#if CT_DTYPE == 0
+  return ct_bits<unsigned>(__floats2half2_rn(lo, hi));
+#else
+  return ct_bits<unsigned>(__floats2bfloat162_rn(lo, hi));
+#endif
+}
+
+// The key blocks of BN keys that query rows [i0, i0 + rows) need, for a sequence of ``length``
+// valid frames: the first key ``lo`` (a multiple of BN) and the count.
+template <int BN, int CHUNK, int LEFT>
+__device__ __forceinline__ int attn_key_blocks(int i0, int rows, int length, int& lo) {
+  constexpr int CHUNK_ = CHUNK > 0 ? CHUNK : 1;  // the divisor where CHUNK > 0
+  int hi = length;
+  lo = 0;
+  if constexpr (CHUNK > 0) {
+    const int last = max(min(i0 + rows, length) - 1, 0);
+    hi = min((last / CHUNK_ + 1) * CHUNK_, length);
+    if (LEFT >= 0) lo = max((i0 / CHUNK_ - LEFT) * CHUNK_, 0);
+  }
+  if (i0 >= length) hi = 0;
+  lo = lo / BN * BN;
+  return hi > lo ? (hi - lo + BN - 1) / BN : 0;
+}
+
+// The keys [lo, hi) of a lane's two query rows, i and i + 8.
+template <int CHUNK, int LEFT>
+__device__ __forceinline__ void attn_row_windows(int (&lo)[2], int (&hi)[2], int i, int length) {
+  constexpr int CHUNK_ = CHUNK > 0 ? CHUNK : 1;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = i + 8 * half;
+    lo[half] = 0;
+    hi[half] = length;
+    if constexpr (CHUNK > 0) {
+      hi[half] = min((row / CHUNK_ + 1) * CHUNK_, length);
+      if (LEFT >= 0) lo[half] = max((row / CHUNK_ - LEFT) * CHUNK_, 0);
+    }
+  }
+}
+
+// One key block (keys j0 + [0, 8 NT)) of the online softmax, in base 2: the raw scores s are
+// scaled (``scale`` includes log2 e), masked outside each row's window (where ``masked``),
+// turned into unnormalised probabilities, and the running max m, sum l and output o (OT n8
+// tiles) are rescaled. m starts finite (-1e30), so a fully masked row yields zeros, never NaN.
+template <int NT, int OT>
+__device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m)[2], float (&l)[2],
+                                                   float (&o)[4 * OT], int j0, const int (&lo)[2],
+                                                   const int (&hi)[2], bool masked, float scale,
+                                                   int t) {
+  float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int half = e / 2, j = j0 + 8 * nt + 2 * t + e % 2;
+      float v = s[4 * nt + e] * scale;
+      if (masked && (j < lo[half] || j >= hi[half])) v = NEG_INF;
+      s[4 * nt + e] = v;
+      mx[half] = fmaxf(mx[half], v);
+    }
+  }
+  float alpha[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
+    mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
+    const float m_new = fmaxf(m[half], mx[half]);
+    alpha[half] = exp2f(m[half] - m_new);
+    m[half] = m_new;
+    l[half] *= alpha[half];
+  }
+#pragma unroll
+  for (int i = 0; i < 4 * NT; ++i) {
+    s[i] = exp2f(s[i] - m[(i % 4) / 2]);
+    l[(i % 4) / 2] += s[i];
+  }
+#pragma unroll
+  for (int i = 0; i < 4 * OT; ++i) o[i] *= alpha[(i % 4) / 2];
+}
+
+// The probabilities of k16 step kk (n8 tiles 2 kk, 2 kk + 1) as an m16k16 A fragment.
+template <int N>
+__device__ __forceinline__ void attn_p_frag(unsigned (&a)[4], const float (&s)[N], int kk) {
+  const float* p = s + 8 * kk;
+  a[0] = pack2(p[0], p[1]);
+  a[1] = pack2(p[2], p[3]);
+  a[2] = pack2(p[4], p[5]);
+  a[3] = pack2(p[6], p[7]);
+}
+
+// The lane's two output rows i and i + 8 of ``out`` (row stride HD elements, from o_off):
+// o / l, or zeros for rows at or past ``length`` and rows that attended to no key.
+template <int OT>
+__device__ __forceinline__ void attn_store_rows(ct_t* out, ct_i64 o_off, int hd, const float (&o)[4 * OT],
+                                                const float (&l_part)[2], int i, int T, int length,
+                                                int t) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float l = l_part[half];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = i + 8 * half;
+    if (row >= T) continue;
+    const bool ok = row < length && l > 0.0f;
+    const float inv = ok ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int nd = 0; nd < OT; ++nd)
+      *reinterpret_cast<unsigned*>(out + o_off + static_cast<ct_i64>(row) * hd + 8 * nd + 2 * t) =
+          pack2(o[4 * nd + 2 * half] * inv, o[4 * nd + 2 * half + 1] * inv);
+  }
+}

@@ -1,0 +1,232 @@
+// Relative-position multi-head self-attention on Hopper's warpgroup MMA (sm_90a), flash style,
+// same contract as relpos_attn.cu. One CTA: WG warpgroups of 64 query rows each (BM = 64 WG) of
+// one (batch, head); per key block of BN keys a cp.async pipeline of STAGES stages brings K, V
+// and the rows of p the block needs into shared memory, 128-byte swizzled in panels of 64 dims
+// (wgmma.cuh), and each warpgroup computes, with the tensor cores reading K, p and V straight
+// from shared memory (once per warpgroup, where mma.sync needs one ldmatrix per warp):
+//   s    = (q + u) . k^T                  m64 x BN, A = q + u in registers
+//   band = (q + v) . p_window^T  (REL 1)  m64 x (BN + 64), issued first, as n64 pieces
+//   s   += skew(band)                     through shared memory (below)
+//        = (q + v) . p[key]^T    (REL 2)  WeNet's un-shifted form, accumulated into s
+//   o   += softmax(s) . v                 the probabilities as register A fragments, V read
+//                                         MN-major (imm-trans-b)
+// The skew. After ESPnet's rel_shift the score of query i and key j uses p[T - 1 - i + j]. The
+// stage holds p rows T - i0 - BM + j0 + [0, BN + BM); warpgroup wg (rows iw = i0 + 64 wg + r,
+// r < 64) reads the BN + 64 of them from row 64 (WG - 1 - wg), its band, so that
+// bd[r][c] = band[r][c + 63 - r]. Warp w of the warpgroup (r = 16 w + 0..15) needs band columns
+// 48 - 16 w + [0, BN + 16): it writes those (fp32) to its own shared-memory rows and each lane
+// reads back the shifted elements of its score fragment, with only warp barriers between;
+// meanwhile the tensor cores compute (q + u) . k^T.
+// Masks, the online softmax and the output rows: attn_common.cuh.
+// Macros: HEADS, HEAD_DIM (64/128), REL (0 plain, 1 ESPnet, 2 WeNet legacy), CHUNK, LEFT, PACKED,
+// BN (64/128 keys per block), WG (1/2 warpgroups), STAGES (2/3), SMEM (dynamic shared bytes, with
+// 1024 for the swizzle atom's alignment).
+
+constexpr int BM = 64 * WG, THREADS = 128 * WG;
+constexpr int HD = HEADS * HEAD_DIM;
+constexpr int QS = (1 + 2 * PACKED) * HD;  // row stride of q, k and v
+constexpr int CH = HEAD_DIM / 8;           // 16-byte chunks per row
+constexpr int KS = HEAD_DIM / 16;          // k16 steps over the head dim
+constexpr int PW = REL == 1 ? BN + BM : REL == 2 ? BN : 0;  // rows of p per stage
+constexpr int NBAND = (BN + 64) / 64;      // n64 pieces of a warpgroup's band (REL 1)
+constexpr int SB0 = BN + 16;               // band columns a warp needs
+constexpr int SB = SB0 + ((8 - SB0) % 16 + 16) % 16;  // band row stride (floats), = 8 mod 16
+constexpr int K_BYTES = BN * HEAD_DIM * 2;
+constexpr int STAGE_BYTES = 2 * K_BYTES + PW * HEAD_DIM * 2;
+constexpr int Q_BYTES = BM * HEAD_DIM * 2;
+constexpr int BAND_BYTES = REL == 1 ? 4 * WG * 16 * SB * 4 : 0;
+static_assert((HEAD_DIM == 64 || HEAD_DIM == 128) && BN % 64 == 0 && STAGES >= 2, "unsupported tile");
+static_assert(STAGES * STAGE_BYTES + (1 + (REL != 0)) * Q_BYTES + BAND_BYTES + 1024 <= SMEM,
+              "tiles exceed SMEM");
+
+// Byte offset of 16-byte chunk q of row r in a tile of ROWS rows: panels of 64 dims, each ROWS
+// rows of 128 bytes in the 128-byte swizzle.
+template <int ROWS>
+__device__ __forceinline__ int at(int r, int q) {
+  return (q / 8) * ROWS * 128 + r * 128 + ((q % 8) ^ (r % 8)) * 16;
+}
+
+// ROWS rows of HEAD_DIM elements from ``src`` (row stride ``stride`` elements) starting at row
+// ``first`` into a tile; rows outside [0, limit) are zero-filled.
+template <int ROWS>
+__device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 stride, int first, int limit) {
+  for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
+    const int r = i / CH, q = i % CH, row = first + r;
+    const bool ok = row >= 0 && row < limit;
+    gt_cp_async<16>(dst + at<ROWS>(r, q), ok ? src + row * stride + q * 8 : src, ok);
+  }
+}
+
+// K-major descriptor of the n64 piece ``piece`` of a tile of ROWS rows (from row ``row0``), k16
+// step kk.
+template <int ROWS>
+__device__ __forceinline__ unsigned long long kmajor(const char* tile, int row0, int piece, int kk) {
+  return wg_desc(gt_smem(tile) + (kk / 4) * ROWS * 128 + (row0 + 64 * piece) * 128 + (kk % 4) * 32);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
+                  const ct_t* __restrict__ vg, const ct_t* __restrict__ pg,
+                  const ct_t* __restrict__ pos_u, const ct_t* __restrict__ pos_v,
+                  const int* __restrict__ lengths, ct_t* __restrict__ out, int T) {
+  extern __shared__ __align__(16) char smem_raw[];
+  char* smem = smem_raw + ((1024 - (gt_smem(smem_raw) & 1023)) & 1023);  // the swizzle atom's alignment
+  char* s_qu = smem + STAGES * STAGE_BYTES;
+  char* s_qv = s_qu + Q_BYTES;
+  float* s_band = reinterpret_cast<float*>(s_qv + (REL ? Q_BYTES : 0));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wg = warp / 4, w = warp % 4;
+  const int g = lane / 4, t = lane % 4;
+  const int n_qb = (T + BM - 1) / BM;
+  const int qb = blockIdx.x % n_qb, bh = blockIdx.x / n_qb, b = bh / HEADS, h = bh % HEADS;
+  const int i0 = qb * BM;
+  ct_wait_for_predecessor();
+  const int length = min(max(lengths[b], 0), T);
+
+  const ct_i64 q_off = static_cast<ct_i64>(b) * T * QS + h * HEAD_DIM;
+  const ct_t* kh = kg + q_off + PACKED * HD;
+  const ct_t* vh = vg + q_off + 2 * PACKED * HD;
+  const ct_t* ph = REL ? pg + h * HEAD_DIM : pg;   // p is absent (null) for plain attention
+  int lo;
+  const int n_blocks = attn_key_blocks<BN, CHUNK, LEFT>(i0, BM, length, lo);
+
+  auto issue = [&](int block) {
+    if (block < n_blocks) {
+      char* st = smem + (block % STAGES) * STAGE_BYTES;
+      const int j0 = lo + block * BN;
+      load_rows<BN>(st, kh, QS, j0, T);
+      load_rows<BN>(st + K_BYTES, vh, QS, j0, T);
+      if constexpr (REL == 1) load_rows<PW>(st + 2 * K_BYTES, ph, HD, T - i0 - BM + j0, 2 * T - 1);
+      if constexpr (REL == 2) load_rows<PW>(st + 2 * K_BYTES, ph, HD, j0, T);
+    }
+    gt_cp_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) issue(s);
+
+  // q + u and q + v, rounded to the activation dtype, staged once, then kept as A fragments
+  for (int i = threadIdx.x; i < BM * CH; i += THREADS) {
+    const int r = i / CH, q = i % CH, row = i0 + r;
+    ct_vec<ct_t, 8> x{}, xu, xv;
+    if (row < T) x = *reinterpret_cast<const ct_vec<ct_t, 8>*>(qg + q_off + row * QS + q * 8);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float f = ct_to_float(x.v[e]);
+      xu.v[e] = REL ? ct_from_float<ct_t>(f + ct_to_float(pos_u[h * HEAD_DIM + q * 8 + e])) : x.v[e];
+      if (REL) xv.v[e] = ct_from_float<ct_t>(f + ct_to_float(pos_v[h * HEAD_DIM + q * 8 + e]));
+    }
+    *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qu + at<BM>(r, q)) = xu;
+    if (REL) *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qv + at<BM>(r, q)) = xv;
+  }
+  __syncthreads();
+  unsigned a_u[KS][4], a_v[KS][4];
+  const int arow = 64 * wg + 16 * w + lane % 8 + 8 * ((lane / 8) % 2);
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    gt_ldmatrix_x4(a_u[ks], s_qu + at<BM>(arow, 2 * ks + lane / 16));
+    if (REL) gt_ldmatrix_x4(a_v[ks], s_qv + at<BM>(arow, 2 * ks + lane / 16));
+  }
+
+  const int i_lane = i0 + 64 * wg + 16 * w + g;   // this lane's query rows: i_lane, i_lane + 8
+  int row_lo[2], row_hi[2];
+  attn_row_windows<CHUNK, LEFT>(row_lo, row_hi, i_lane, length);
+  const float qk_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(HEAD_DIM));   // softmax in base 2
+  float m_i[2] = {-1.0e30f, -1.0e30f}, l_i[2] = {0.0f, 0.0f};
+  float o[HEAD_DIM / 64][32];
+#pragma unroll
+  for (int d = 0; d < HEAD_DIM / 64; ++d)
+#pragma unroll
+    for (int e = 0; e < 32; ++e) o[d][e] = 0.0f;
+  float s[BN / 64][32] = {}, band[NBAND][32] = {};   // overwritten by each block's first k16 step
+  float* band_w = s_band + warp * 16 * SB;
+  const int tile0 = 6 - 2 * w;   // the first band n8 tile warp w needs (column 48 - 16 w)
+
+  for (int block = 0; block < n_blocks; ++block) {
+    issue(block + STAGES - 1);
+    gt_cp_wait<STAGES - 1>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");   // cp.async writes -> wgmma reads
+    __syncthreads();
+    const char* sk = smem + (block % STAGES) * STAGE_BYTES;
+    const char* sv = sk + K_BYTES;
+    const char* sp = sk + 2 * K_BYTES;
+    const int j0 = lo + block * BN;
+
+    wg_fence();
+    if constexpr (REL == 1) {   // the band first: its skew overlaps the tensor cores' q . k^T
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+        for (int n = 0; n < NBAND; ++n) wg_mma(band[n], a_v[kk], kmajor<PW>(sp, 64 * (WG - 1 - wg), n, kk), kk);
+      wg_commit();
+    }
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+      for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_u[kk], kmajor<BN>(sk, 0, n, kk), kk);
+    if constexpr (REL == 2) {
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+        for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_v[kk], kmajor<PW>(sp, 0, n, kk), 1);
+    }
+    wg_commit();
+
+    float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
+    if constexpr (REL == 1) {
+      wg_wait<1>();   // the band is done; q . k^T may still run
+#pragma unroll
+      for (int n = 0; n < NBAND; ++n) wg_keep(band[n]);
+#pragma unroll
+      for (int i = 0; i < (BN + 64) / 8; ++i) {   // band n8 tile i: columns 8 i .. 8 i + 7
+        const int c = 8 * (i - tile0) + 2 * t;
+        if (i >= tile0 && i < tile0 + SB0 / 8) {   // warp-uniform
+          const float* d = band[i / 8] + 4 * (i % 8);
+          *reinterpret_cast<float2*>(band_w + g * SB + c) = make_float2(d[0], d[1]);
+          *reinterpret_cast<float2*>(band_w + (g + 8) * SB + c) = make_float2(d[2], d[3]);
+        }
+      }
+      __syncwarp();
+      wg_wait<0>();
+#pragma unroll
+      for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = 8 * nt + 2 * t + e;
+          sf[4 * nt + e] += band_w[g * SB + c + 15 - g];
+          sf[4 * nt + 2 + e] += band_w[(g + 8) * SB + c + 7 - g];
+        }
+      __syncwarp();   // every lane has read the band before the next block's is written
+    } else {
+      wg_wait<0>();
+#pragma unroll
+      for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
+    }
+
+    float (&of)[HEAD_DIM / 2] = reinterpret_cast<float (&)[HEAD_DIM / 2]>(o);
+    attn_softmax_block<BN / 8, HEAD_DIM / 8>(sf, m_i, l_i, of, j0, row_lo, row_hi,
+                                             CHUNK > 0 || j0 + BN > length, qk_scale, t);
+    // o += P . V: P (the scores' C fragments, packed) is the register A operand, V the B operand
+    // read MN-major from its [key][dim] tile: k16 step kk is keys 16 kk.., 2048 bytes further
+    unsigned pa[BN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) attn_p_frag(pa[kk], sf, kk);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+#pragma unroll
+      for (int d = 0; d < HEAD_DIM / 64; ++d)
+        wg_mma<1>(o[d], pa[kk], wg_desc_mn(gt_smem(sv) + d * BN * 128 + kk * 2048, BN * 128));
+    wg_commit();
+    wg_wait<0>();
+    wg_keep(pa);
+#pragma unroll
+    for (int d = 0; d < HEAD_DIM / 64; ++d) wg_keep(o[d]);
+    __syncthreads();   // this stage is refilled by a later issue()
+  }
+  gt_cp_wait<0>();
+
+  attn_store_rows<HEAD_DIM / 8>(out, static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM, HD,
+                                reinterpret_cast<const float (&)[HEAD_DIM / 2]>(o), l_i, i_lane, T,
+                                length, t);
+}
