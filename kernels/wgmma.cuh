@@ -2,7 +2,7 @@
 // "a"), for kernels whose A operand is in registers (dequantised weights, attention's q or
 // probabilities) and whose B operand is a tile in shared memory in the 128-byte swizzle: rows
 // of 64 halves (128 bytes), 16-byte chunk q of row r at r * 128 + (q ^ (r % 8)) * 16 from a
-// 1024-byte aligned base; read K-major (wg_desc) or MN-major (wg_desc_mn, TRANS_B). The
+// 1024-byte aligned base; read K-major (wg_desc) or MN-major (wg_desc_mn64, TRANS_B). The
 // swizzle acts on shared-memory address bits: a descriptor starts at an 8-row atom, plus 32
 // bytes per k16 step of a K-major tile (gt_swz<128>). PTX ISA, "Asynchronous Warpgroup Level
 // Matrix Multiply-Accumulate": each warp w of the warpgroup holds rows 16 w .. 16 w + 15 of the
@@ -26,12 +26,14 @@ __device__ __forceinline__ unsigned long long wg_desc(unsigned addr) {
 
 // The same for an MN-major tile (wgmma's B with imm-trans-b 1: B [K, N] stored with N
 // contiguous), 128-byte swizzle: 64 halves of N per 128-byte row, one row per k, 8 rows (k) per
-// 1024-byte atom (stride byte offset 1024), the next 64 of N ``lbo`` bytes further (leading byte
-// offset). PTX ISA, "Shared Memory Matrix Layout", MN-major canonical layout
-// ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)). A k16 step moves the start by 2048 bytes.
-__device__ __forceinline__ unsigned long long wg_desc_mn(unsigned addr, unsigned lbo) {
-  return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
-         ((1024ull >> 4) << 32) | (1ull << 62);
+// 1024-byte atom, the next 8 k 1024 bytes further (stride byte offset). PTX ISA, "Shared Memory
+// Matrix Layout", MN-major canonical layout ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)). For N <= 64
+// (m = 1) the leading byte offset, to the next 64 of N, is never used: it is set to 1024 too, so
+// the descriptor reads the same whichever of the two offsets the hardware takes for k. A k16
+// step moves the start by 2048 bytes.
+__device__ __forceinline__ unsigned long long wg_desc_mn64(unsigned addr) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((1024ull >> 4) << 16) | ((1024ull >> 4) << 32) |
+         (1ull << 62);
 }
 
 // Before the first wgmma that reads registers (A fragments, accumulators) written by other

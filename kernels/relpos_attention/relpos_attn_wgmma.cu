@@ -216,7 +216,7 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     for (int kk = 0; kk < BN / 16; ++kk)
 #pragma unroll
       for (int d = 0; d < HEAD_DIM / 64; ++d)
-        wg_mma<1>(o[d], pa[kk], wg_desc_mn(gt_smem(sv) + d * BN * 128 + kk * 2048, BN * 128));
+        wg_mma<1>(o[d], pa[kk], wg_desc_mn64(gt_smem(sv) + d * BN * 128 + kk * 2048));
     wg_commit();
     wg_wait<0>();
     wg_keep(pa);
