@@ -196,7 +196,7 @@ CUDA = Impl(
 
 # ---- CUDA, Hopper warpgroup MMA ------------------------------------------------------------
 
-WGMMA_SPACE = {"BN": (64, 128), "WG": (1, 2), "STAGES": (2, 3)}
+WGMMA_SPACE = {"BN": (64, 128), "WG": (1, 2), "STAGES": (2, 3), "CARRY": (0, 1)}
 WGMMA_HEAD_DIMS = (64, 128)   # rows of 128-byte panels; d_k 32 stays with ``cuda``
 
 
@@ -218,8 +218,9 @@ def _wgmma_smem(config, shape) -> int:
 def _wgmma_registers(config, shape) -> int:
     """Live registers per thread while the scores are computed, roughly: the output, score and
     band (ESPnet form) accumulators, the q + u (and q + v) fragments, addressing. Against
-    ptxas for sm_90a: 184 → 205 used (d_k 64, BN 64, ESPnet), 248 → 255 with no spill (d_k 64,
-    BN 128) or 64 bytes of spill (d_k 128, BN 64)."""
+    ptxas for sm_90a: 184 → 205 used (d_k 64, BN 64, ESPnet; 236 with CARRY, whose carried
+    piece stays live through P . V), 248 → 255 with no spill (d_k 64, BN 128) or 64 bytes of
+    spill (d_k 128, BN 64)."""
     bn, dk, rel = config["BN"], shape["DK"], shape["rel"]
     return dk // 2 + bn // 2 + (rel == 1) * (bn + 64) // 2 + dk // 4 * (1 + bool(rel)) + 24
 
@@ -238,6 +239,8 @@ def _wgmma_valid(config, shape, dtype, gpu):
         return f"{dtype} activations: the tensor-core kernel takes {list(CUDA_DTYPES)}"
     if shape["DK"] not in WGMMA_HEAD_DIMS:
         return f"head dim {shape['DK']} is not one of {list(WGMMA_HEAD_DIMS)} (cuda takes it)"
+    if config["CARRY"] and shape["rel"] != 1:
+        return "CARRY keeps a piece of the ESPnet form's band: no band in this form"
     if -(-shape["T"] // (64 * config["WG"])) * shape["B"] * shape["H"] > 2**31 - 1:
         return "more than 2^31-1 CTAs"
     regs = _wgmma_registers(config, shape)
@@ -250,8 +253,9 @@ def _wgmma_valid(config, shape, dtype, gpu):
 
 
 def _wgmma_heuristic(shape, dtype, gpu):
-    """One warpgroup (64 queries) per CTA, 64 keys per block, two stages: two CTAs per SM."""
-    return {"BN": 64, "WG": 1, "STAGES": 2}
+    """One warpgroup (64 queries) per CTA, 64 keys per block, two stages: two CTAs per SM.
+    Not yet measured."""
+    return {"BN": 64, "WG": 1, "STAGES": 2, "CARRY": 0}
 
 
 CUDA_WGMMA = Impl(

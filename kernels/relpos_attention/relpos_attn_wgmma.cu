@@ -5,7 +5,10 @@
 // (wgmma.cuh), and each warpgroup computes, with the tensor cores reading K, p and V straight
 // from shared memory (once per warpgroup, where mma.sync needs one ldmatrix per warp):
 //   s    = (q + u) . k^T                  m64 x BN, A = q + u in registers
-//   band = (q + v) . p_window^T  (REL 1)  m64 x (BN + 64), issued first, as n64 pieces
+//   band = (q + v) . p_window^T  (REL 1)  m64 x (BN + 64), issued first, as n64 pieces; with
+//                                         CARRY the last piece is kept as the next block's
+//                                         first (its window starts BN rows later), so only
+//                                         BN / 64 pieces are new (and loaded)
 //   s   += skew(band)                     through shared memory (below)
 //        = (q + v) . p[key]^T    (REL 2)  WeNet's un-shifted form, accumulated into s
 //   o   += softmax(s) . v                 the probabilities as register A fragments, V read
@@ -19,8 +22,8 @@
 // meanwhile the tensor cores compute (q + u) . k^T.
 // Masks, the online softmax and the output rows: attn_common.cuh.
 // Macros: HEADS, HEAD_DIM (64/128), REL (0 plain, 1 ESPnet, 2 WeNet legacy), CHUNK, LEFT, PACKED,
-// BN (64/128 keys per block), WG (1/2 warpgroups), STAGES (2/3), SMEM (dynamic shared bytes, with
-// 1024 for the swizzle atom's alignment).
+// BN (64/128 keys per block), WG (1/2 warpgroups), STAGES (2/3), CARRY (0/1, above), SMEM
+// (dynamic shared bytes, with 1024 for the swizzle atom's alignment).
 
 constexpr int BM = 64 * WG, THREADS = 128 * WG;
 constexpr int HD = HEADS * HEAD_DIM;
@@ -46,12 +49,13 @@ __device__ __forceinline__ int at(int r, int q) {
   return (q / 8) * ROWS * 128 + r * 128 + ((q % 8) ^ (r % 8)) * 16;
 }
 
-// ROWS rows of HEAD_DIM elements from ``src`` (row stride ``stride`` elements) starting at row
-// ``first`` into a tile; rows outside [0, limit) are zero-filled.
+// Rows [skip, ROWS) of a tile of ROWS rows of HEAD_DIM elements from ``src`` (row stride
+// ``stride`` elements; tile row 0 is row ``first``); rows outside [0, limit) are zero-filled.
 template <int ROWS>
-__device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 stride, int first, int limit) {
-  for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
-    const int r = i / CH, q = i % CH, row = first + r;
+__device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 stride, int first, int limit,
+                                          int skip = 0) {
+  for (int i = threadIdx.x; i < (ROWS - skip) * CH; i += THREADS) {
+    const int r = skip + i / CH, q = i % CH, row = first + r;
     const bool ok = row >= 0 && row < limit;
     gt_cp_async<16>(dst + at<ROWS>(r, q), ok ? src + row * stride + q * 8 : src, ok);
   }
@@ -95,7 +99,8 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
       const int j0 = lo + block * BN;
       load_rows<BN>(st, kh, QS, j0, T);
       load_rows<BN>(st + K_BYTES, vh, QS, j0, T);
-      if constexpr (REL == 1) load_rows<PW>(st + 2 * K_BYTES, ph, HD, T - i0 - BM + j0, 2 * T - 1);
+      if constexpr (REL == 1)   // with CARRY, rows [0, 64) after the first block are a piece carried over
+        load_rows<PW>(st + 2 * K_BYTES, ph, HD, T - i0 - BM + j0, 2 * T - 1, CARRY && block ? 64 : 0);
       if constexpr (REL == 2) load_rows<PW>(st + 2 * K_BYTES, ph, HD, j0, T);
     }
     gt_cp_commit();
@@ -150,12 +155,20 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     const char* sp = sk + 2 * K_BYTES;
     const int j0 = lo + block * BN;
 
+    if constexpr (REL == 1 && CARRY) {   // windows step by BN: the last piece is the next block's first
+      if (block > 0) {
+#pragma unroll
+        for (int e = 0; e < 32; ++e) band[0][e] = band[NBAND - 1][e];
+      }
+    }
     wg_fence();
     if constexpr (REL == 1) {   // the band first: its skew overlaps the tensor cores' q . k^T
 #pragma unroll
       for (int kk = 0; kk < KS; ++kk)
 #pragma unroll
-        for (int n = 0; n < NBAND; ++n) wg_mma(band[n], a_v[kk], kmajor<PW>(sp, 64 * (WG - 1 - wg), n, kk), kk);
+        for (int n = 0; n < NBAND; ++n)
+          if (!CARRY || n > 0 || block == 0)
+            wg_mma(band[n], a_v[kk], kmajor<PW>(sp, 64 * (WG - 1 - wg), n, kk), kk);
       wg_commit();
     }
 #pragma unroll
