@@ -23,6 +23,11 @@ Implementations:
   writes its band of position scores to its own shared-memory rows and reads them back shifted,
   with only a warp barrier between; the rows of p in a ring that each key block tops up with
   BN new rows. A programmatic dependent launch on sm_90+ (it waits before its first read).
+* ``cuda_wgmma`` (``relpos_attn_wgmma.cu``, sm_90 only, compiled for sm_90a; d_k 64 and 128):
+  Hopper's warpgroup MMA, 64 query rows per warpgroup, K, p and V read by the tensor cores from
+  shared memory once per warpgroup (V transposed by the MMA), the band of position scores
+  m64 x (BN + 64) skewed through each warp's shared-memory rows as in ``cuda``; ``CARRY`` keeps
+  the band's last n64 piece in registers for the next key block. The same launch and masks.
 """
 from __future__ import annotations
 
