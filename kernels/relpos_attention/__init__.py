@@ -50,6 +50,8 @@ def _check_head_dim(dk: int) -> None:
                          f"use one of {list(HEAD_DIMS)}")
 
 
+_ARGS = ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T")   # every impl's kernel
+
 # rows of p: 2T-1 relative positions (rel=1, ESPnet), T absolute ones (rel=2, WeNet legacy)
 P_ROWS = "(3 - rel) * T + rel - 2"
 
@@ -113,7 +115,7 @@ TRITON = Impl(
     space={"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8),
            "num_stages": (1, 2, 3, 4)},
     launches=(Launch("relpos_attn_fwd", ("cdiv(T, BLOCK_M) * B * H", "1", "1"),
-                     ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T"),
+                     _ARGS,
                      num_stages="num_stages", pdl=True),),
     constants=_triton_constants,
     valid=_triton_valid,
@@ -190,7 +192,7 @@ CUDA = Impl(
              HERE / "attn_common.cuh", HERE / "relpos_attn.cu"),
     space=CUDA_SPACE,
     launches=(Launch("relpos_attn_fwd", ("cdiv(T, 16 * WARPS) * B * H", "1", "1"),
-                     ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T"),
+                     _ARGS,
                      threads="32 * WARPS", smem="SMEM", pdl=True),),
     constants=_cuda_constants,
     valid=_cuda_valid,
@@ -269,7 +271,7 @@ CUDA_WGMMA = Impl(
              HERE.parent / "wgmma.cuh", HERE / "attn_common.cuh", HERE / "relpos_attn_wgmma.cu"),
     space=WGMMA_SPACE,
     launches=(Launch("relpos_attn_wgmma", ("cdiv(T, 64 * WG) * B * H", "1", "1"),
-                     ("q", "k", "v", "p", "pos_bias_u", "pos_bias_v", "lengths", "out", "T"),
+                     _ARGS,
                      threads="128 * WG", smem="SMEM", pdl=True),),
     constants=_wgmma_constants,
     valid=_wgmma_valid,

@@ -16,6 +16,53 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 #endif
 }
 
+// A CTA's (batch, head) and first query row i0 (grid: cdiv(T, BM) query blocks x B x H,
+// flattened), its sequence's length (clamped to [0, T]) and the heads of q, k, v (row stride
+// QS elements) and p. Reads the lengths after waiting for the grid ahead of this one
+// (programmatic dependent launch).
+template <int BM, int HEADS, int HEAD_DIM, int PACKED, int REL>
+struct AttnCta {
+  static constexpr int HD = HEADS * HEAD_DIM, QS = (1 + 2 * PACKED) * HD;
+  int b, h, i0, length;
+  const ct_t *q, *k, *v, *p;
+  __device__ __forceinline__ AttnCta(const ct_t* qg, const ct_t* kg, const ct_t* vg, const ct_t* pg,
+                                     const int* lengths, int T) {
+    const int n_qb = (T + BM - 1) / BM, bh = blockIdx.x / n_qb;
+    b = bh / HEADS;
+    h = bh % HEADS;
+    i0 = blockIdx.x % n_qb * BM;
+    ct_wait_for_predecessor();
+    length = min(max(lengths[b], 0), T);
+    const ct_i64 off = static_cast<ct_i64>(b) * T * QS + h * HEAD_DIM;
+    q = qg + off;
+    k = kg + off + PACKED * HD;
+    v = vg + off + 2 * PACKED * HD;
+    p = REL ? pg + h * HEAD_DIM : pg;   // p is absent (null) for plain attention
+  }
+};
+
+// q + u and q + v (q alone without REL), rounded to the activation dtype, of query rows
+// i0 + [0, ROWS) into two tiles (16-byte chunk c of row r at at(r, c)); rows at or past T are
+// zeros. u, v: this head's biases. Every thread of the CTA (THREADS) takes part.
+template <int ROWS, int HEAD_DIM, int THREADS, int REL, typename At>
+__device__ __forceinline__ void attn_stage_q(char* s_qu, char* s_qv, const ct_t* q, int qs, int i0,
+                                             int T, const ct_t* u, const ct_t* v, At at) {
+  constexpr int CH = HEAD_DIM / 8;
+  for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
+    const int r = i / CH, c = i % CH, row = i0 + r;
+    ct_vec<ct_t, 8> x{}, xu, xv;
+    if (row < T) x = *reinterpret_cast<const ct_vec<ct_t, 8>*>(q + row * qs + c * 8);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float f = ct_to_float(x.v[e]);
+      xu.v[e] = REL ? ct_from_float<ct_t>(f + ct_to_float(u[c * 8 + e])) : x.v[e];
+      if (REL) xv.v[e] = ct_from_float<ct_t>(f + ct_to_float(v[c * 8 + e]));
+    }
+    *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qu + at(r, c)) = xu;
+    if (REL) *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qv + at(r, c)) = xv;
+  }
+}
+
 // The key blocks of BN keys that query rows [i0, i0 + rows) need, for a sequence of ``length``
 // valid frames: the first key ``lo`` (a multiple of BN) and the count.
 template <int BN, int CHUNK, int LEFT>

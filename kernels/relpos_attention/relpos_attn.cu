@@ -105,16 +105,9 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   char* s_qv = s_qu + Q_BYTES;
   float* s_band = reinterpret_cast<float*>(s_qu);   // once q + u and q + v are in registers
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-  const int n_qb = (T + BM - 1) / BM;
-  const int qb = blockIdx.x % n_qb, bh = blockIdx.x / n_qb, b = bh / HEADS, h = bh % HEADS;
-  const int i0 = qb * BM;
-  ct_wait_for_predecessor();
-  const int length = min(max(lengths[b], 0), T);
-
-  const ct_i64 q_off = static_cast<ct_i64>(b) * T * QS + h * HEAD_DIM;
-  const ct_t* kh = kg + q_off + PACKED * HD;
-  const ct_t* vh = vg + q_off + 2 * PACKED * HD;
-  const ct_t* ph = REL ? pg + h * HEAD_DIM : pg;   // p is absent (null) for plain attention
+  const AttnCta<BM, HEADS, HEAD_DIM, PACKED, REL> cta(qg, kg, vg, pg, lengths, T);
+  const int b = cta.b, h = cta.h, i0 = cta.i0, length = cta.length;
+  const ct_t *kh = cta.k, *vh = cta.v, *ph = cta.p;
 
   int lo;   // key window of the block as a whole (rows narrow it further below)
   const int n_blocks = attn_key_blocks<BN, CHUNK, LEFT>(i0, BM, length, lo);
@@ -142,19 +135,10 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   for (int s = 0; s < STAGES - 1; ++s) issue(s);
 
   // q + u and q + v, rounded to the activation dtype, staged once
-  for (int i = threadIdx.x; i < BM * CH; i += THREADS) {
-    const int r = i / CH, q = i % CH, row = i0 + r;
-    ct_vec<ct_t, 8> x{}, xu, xv;
-    if (row < T) x = *reinterpret_cast<const ct_vec<ct_t, 8>*>(qg + q_off + row * QS + q * 8);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float f = ct_to_float(x.v[e]);
-      xu.v[e] = REL ? ct_from_float<ct_t>(f + ct_to_float(pos_u[h * HEAD_DIM + q * 8 + e])) : x.v[e];
-      if (REL) xv.v[e] = ct_from_float<ct_t>(f + ct_to_float(pos_v[h * HEAD_DIM + q * 8 + e]));
-    }
-    *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qu + at(r, q)) = xu;
-    if (REL) *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qv + at(r, q)) = xv;
-  }
+  attn_stage_q<BM, HEAD_DIM, THREADS, REL>(s_qu, s_qv, cta.q, QS, i0, T,
+                                           REL ? pos_u + h * HEAD_DIM : pos_u,
+                                           REL ? pos_v + h * HEAD_DIM : pos_v,
+                                           [](int r, int c) { return at(r, c); });
   __syncthreads();
   unsigned a_u[HEAD_DIM / 16][4], a_v[HEAD_DIM / 16][4];
   a_frags(a_u, s_qu, w, lane);

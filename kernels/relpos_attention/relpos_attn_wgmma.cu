@@ -80,16 +80,9 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   float* s_band = reinterpret_cast<float*>(s_qv + (REL ? Q_BYTES : 0));
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wg = warp / 4, w = warp % 4;
   const int g = lane / 4, t = lane % 4;
-  const int n_qb = (T + BM - 1) / BM;
-  const int qb = blockIdx.x % n_qb, bh = blockIdx.x / n_qb, b = bh / HEADS, h = bh % HEADS;
-  const int i0 = qb * BM;
-  ct_wait_for_predecessor();
-  const int length = min(max(lengths[b], 0), T);
-
-  const ct_i64 q_off = static_cast<ct_i64>(b) * T * QS + h * HEAD_DIM;
-  const ct_t* kh = kg + q_off + PACKED * HD;
-  const ct_t* vh = vg + q_off + 2 * PACKED * HD;
-  const ct_t* ph = REL ? pg + h * HEAD_DIM : pg;   // p is absent (null) for plain attention
+  const AttnCta<BM, HEADS, HEAD_DIM, PACKED, REL> cta(qg, kg, vg, pg, lengths, T);
+  const int b = cta.b, h = cta.h, i0 = cta.i0, length = cta.length;
+  const ct_t *kh = cta.k, *vh = cta.v, *ph = cta.p;
   int lo;
   const int n_blocks = attn_key_blocks<BN, CHUNK, LEFT>(i0, BM, length, lo);
 
@@ -109,19 +102,10 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   for (int s = 0; s < STAGES - 1; ++s) issue(s);
 
   // q + u and q + v, rounded to the activation dtype, staged once, then kept as A fragments
-  for (int i = threadIdx.x; i < BM * CH; i += THREADS) {
-    const int r = i / CH, q = i % CH, row = i0 + r;
-    ct_vec<ct_t, 8> x{}, xu, xv;
-    if (row < T) x = *reinterpret_cast<const ct_vec<ct_t, 8>*>(qg + q_off + row * QS + q * 8);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float f = ct_to_float(x.v[e]);
-      xu.v[e] = REL ? ct_from_float<ct_t>(f + ct_to_float(pos_u[h * HEAD_DIM + q * 8 + e])) : x.v[e];
-      if (REL) xv.v[e] = ct_from_float<ct_t>(f + ct_to_float(pos_v[h * HEAD_DIM + q * 8 + e]));
-    }
-    *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qu + at<BM>(r, q)) = xu;
-    if (REL) *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qv + at<BM>(r, q)) = xv;
-  }
+  attn_stage_q<BM, HEAD_DIM, THREADS, REL>(s_qu, s_qv, cta.q, QS, i0, T,
+                                           REL ? pos_u + h * HEAD_DIM : pos_u,
+                                           REL ? pos_v + h * HEAD_DIM : pos_v,
+                                           [](int r, int c) { return at<BM>(r, c); });
   __syncthreads();
   unsigned a_u[KS][4], a_v[KS][4];
   const int arow = 64 * wg + 16 * w + lane % 8 + 8 * ((lane / 8) % 2);
