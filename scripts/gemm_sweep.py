@@ -8,7 +8,7 @@ weight, scales, zeros) and writes one sum per program, in the same graph, as a p
 dependent launch that reads before its wait (as the GEMMs do) and as a plain one.
 
     python3 scripts/gemm_sweep.py [--kernel int4_gemm] [--m 1 16] [--n 4096] [--k 4096]
-                                  [--only WARPS_K=8 ...]
+                                  [--only WARPS_K=8 SPLIT=2,4 ...]
 
 fp16, group 128, asymmetric, no bias (the decode-like case of issue 6). Compiles run in
 parallel processes first (NVRTC's disk cache then serves the timing process).
@@ -39,12 +39,12 @@ def _shape(kernel, m, n, k):
 
 def candidates(kernel, impl, shape, spec, only=None):
     """Valid configs whose token tile (BM) is at most M rounded up to a multiple of 8, and that
-    hold the values in ``only`` (a dict)."""
+    hold one of the values in ``only`` (a dict of name: tuple of values) for each name in it."""
     bm_max = max(8, -(-shape["M"] // 8) * 8)
     out = []
     for values in itertools.product(*impl.space.values()):
         config = dict(zip(impl.space, values))
-        if any(config[k] != v for k, v in (only or {}).items()):
+        if any(config[k] not in v for k, v in (only or {}).items()):
             continue
         if tiles.sizes(config)["BM"] <= bm_max and impl.valid(config, shape, "float16", spec) is None:
             out.append(config)
@@ -94,16 +94,17 @@ def main():
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--only", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="sweep only the configs with these values")
+                    help="sweep only the configs with these values (NAME=V or NAME=V1,V2)")
     args = ap.parse_args()
     K = kernels.get(args.kernel)
     impl = K.impl("cuda")
     only = {}
     for item in args.only:
         name, _, value = item.partition("=")
-        if name not in impl.space or not value.lstrip("-").isdigit():
-            ap.error(f"--only {item!r}: want NAME=INT with NAME one of {', '.join(impl.space)}")
-        only[name] = int(value)
+        values = value.split(",")
+        if name not in impl.space or not all(v.lstrip("-").isdigit() for v in values):
+            ap.error(f"--only {item!r}: want NAME=INT[,INT...] with NAME one of {', '.join(impl.space)}")
+        only[name] = tuple(int(v) for v in values)
     plain = dataclasses.replace(impl, launches=tuple(
         dataclasses.replace(lc, pdl=False) for lc in impl.launches))
     spec = gpus.running().spec

@@ -11,8 +11,10 @@ import kernels
 from kernels import contract, launch
 
 
-def sass_of(kernel: str, impl: str, config, shape, dtype="float16", arch="sm_90") -> str:
-    """cuobjdump -sass of ``kernel``/``impl`` with ``config`` at ``shape``, compiled by NVRTC."""
+def sass_of(kernel: str, impl: str, config, shape, dtype="float16", arch="sm_90",
+            flag="-sass") -> str:
+    """cuobjdump -sass (or ``flag``: -elf for the kernel's attributes) of ``kernel``/``impl``
+    with ``config`` at ``shape``, compiled by NVRTC."""
     k = kernels.get(kernel)
     chosen = k.impl(impl)
     consts = contract.resolved_constants(k, chosen, config, shape, dtype)
@@ -23,5 +25,8 @@ def sass_of(kernel: str, impl: str, config, shape, dtype="float16", arch="sm_90"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        done = subprocess.run([str(tool), flag, f.name], capture_output=True, text=True)
+    # Triton's cuobjdump prints every section of -elf, then "Unrecognized opcode" and exits 1
+    if done.returncode and not (flag == "-elf" and "EIATTR" in done.stdout):
+        raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+    return done.stdout

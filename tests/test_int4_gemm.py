@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import kernels
 import torch
 
 from kernels.int4_gemm import KERNEL, dequantize, int4_linear, packing, prepare
@@ -184,3 +185,27 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
     sass = sass_of("int4_gemm", "cuda_wgmma", config, shape)
     hgmma = re.findall(r"HGMMA\.64x128x16\.F32\S* (R\d+), (\S+), gdesc", sass)
     assert hgmma and all(a.startswith("R") for _, a in hgmma), sass[-2000:]
+
+
+@pytest.mark.parametrize("kernel", ["int4_gemm", "sparse24_gemm"])
+def test_split_k_is_a_cluster_on_sm90_only(kernel):
+    """SPLIT > 1 is refused before sm_90 and past K's k-tiles; where taken, the cubin declares
+    the cluster (cuobjdump -elf: EIATTR_CTA_PER_CLUSTER), so a plain launch forms it -- without
+    it the cluster barrier and the distributed shared-memory loads fault (seen on an H100)."""
+    from kernels import gpu
+
+    k = kernels.get(kernel)
+    impl = k.impl("cuda")
+    shape = {"M": 16, "N": 200, "K": 640, "with_bias": 1}
+    if kernel == "int4_gemm":
+        shape.update(group=64, asym=1)
+    h100 = gpu.by_name("h100")
+    base = {**impl.heuristic(shape, "float16", h100), "WARPS_K": 2}     # 5 k-tiles of 128
+    for split in (2, 4):
+        config = {**base, "SPLIT": split}
+        assert impl.valid(config, shape, "float16", h100) is None
+        assert "sm_90" in impl.valid(config, shape, "float16", gpu.by_name("a100"))
+        elf = sass_of(kernel, "cuda", config, shape, flag="-elf")
+        assert "EIATTR_CTA_PER_CLUSTER" in elf and "EIATTR_EXPLICIT_CLUSTER" in elf
+    assert "k-tiles" in impl.valid({**base, "SPLIT": 4, "WARPS_K": 4}, shape, "float16", h100)
+    assert "CLUSTER" not in sass_of(kernel, "cuda", {**base, "SPLIT": 1}, shape, flag="-elf")

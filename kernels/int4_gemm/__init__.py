@@ -71,7 +71,7 @@ def _cuda_constants(config, shape, dtype):
 
 
 def _cuda_valid(config, shape, dtype, gpu):
-    return shape_error(shape) or tiles.invalid(config, _cuda_stage_bytes(config, shape), gpu)
+    return shape_error(shape) or tiles.invalid(config, _cuda_stage_bytes(config, shape), gpu, shape["K"])
 
 
 def _cuda_heuristic(shape, dtype, gpu):

@@ -4,11 +4,15 @@
 // are its B operand (n8: 8 tokens; x [M, K] row-major is exactly the "col" layout B wants), so the
 // accumulator tile is y^T: a small M wastes at most 7 of every 8 token columns, not 15 of 16.
 //
-// GemmTiles<WN, WM, WARPS_N, WARPS_M, WARPS_K, STAGES>: WN m16 tiles and WM n8 tiles per warp;
-// WARPS_N x WARPS_M x WARPS_K warps, where the WARPS_K warps split each stage's K (one 64-wide
-// slice each) and are summed in the epilogue; BN = 16 WN WARPS_N weight rows and BM = 8 WM WARPS_M
-// tokens per CTA; BK = 64 WARPS_K; STAGES: cp.async pipeline depth. (A template, since this header
-// precedes the configuration macros in the translation unit.)
+// GemmTiles<WN, WM, WARPS_N, WARPS_M, WARPS_K, STAGES, SPLIT>: WN m16 tiles and WM n8 tiles per
+// warp; WARPS_N x WARPS_M x WARPS_K warps, where the WARPS_K warps split each stage's K (one
+// 64-wide slice each) and are summed in the epilogue; BN = 16 WN WARPS_N weight rows and
+// BM = 8 WM WARPS_M tokens per CTA; BK = 64 WARPS_K; STAGES: cp.async pipeline depth. SPLIT > 1
+// (sm_90+): a thread-block cluster of SPLIT CTAs along z shares one output tile, each CTA takes
+// a consecutive range of the k-tiles, and the partial tiles are summed through distributed
+// shared memory -- so a small-M grid can cover the SMs with wider weight tiles, and each CTA
+// reads only its share of x (at M = 16, x is twice the weight's bytes per CTA of 32 rows).
+// The kernel declares the cluster with GT_CLUSTER(SPLIT), so a plain launch forms it.
 //
 // Fragment layouts are the PTX ISA's ("Matrix Fragments for mma.m16n8k16", "... for sparse
 // mma.m16n8k32"): lane = 4 g + t; A rows g and g + 8; B column (token) g; C rows g, g + 8 and
@@ -41,6 +45,39 @@ __device__ __forceinline__ void gt_cp_async(void* dst, const void* src, bool pre
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(gt_smem(dst)), "l"(src),
                  "r"(n));
   }
+}
+
+// The kernel attribute declaring a cluster of S CTAs along z: GT_CLUSTER(SPLIT) (none for 1).
+// Two steps, so that the configuration's SPLIT, defined after this header, is expanded first.
+#define GT_CLUSTER(S) GT_CLUSTER_(S)
+#define GT_CLUSTER_(S) GT_CLUSTER_##S
+#define GT_CLUSTER_1
+#define GT_CLUSTER_2 __cluster_dims__(1, 1, 2)
+#define GT_CLUSTER_4 __cluster_dims__(1, 1, 4)
+
+// Thread-block clusters (sm_90+): this CTA's rank, a barrier of the whole cluster (release /
+// acquire, so shared-memory writes before it are seen by the other CTAs after it), and a load of
+// 16 bytes at the same shared-memory offset in the CTA of another rank.
+__device__ __forceinline__ unsigned gt_cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+
+__device__ __forceinline__ void gt_cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" :::
+               "memory");
+}
+
+__device__ __forceinline__ float4 gt_ld_cluster(const void* p, unsigned rank) {
+  unsigned a;
+  float4 v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(gt_smem(p)), "r"(rank));
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(a)
+               : "memory");
+  return v;
 }
 
 __device__ __forceinline__ void gt_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -138,14 +175,16 @@ __device__ __forceinline__ void gt_pipeline(int KT, LoadW load_w, LoadX load_x, 
   __syncthreads();
 }
 
-template <int WN_, int WM_, int WARPS_N_, int WARPS_M_, int WARPS_K_, int STAGES_>
+template <int WN_, int WM_, int WARPS_N_, int WARPS_M_, int WARPS_K_, int STAGES_, int SPLIT_>
 struct GemmTiles {
   static constexpr int WN = WN_, WM = WM_, WARPS_N = WARPS_N_, WARPS_M = WARPS_M_;
-  static constexpr int WARPS_K = WARPS_K_, STAGES = STAGES_;
+  static constexpr int WARPS_K = WARPS_K_, STAGES = STAGES_, SPLIT = SPLIT_;
   static constexpr int BN = 16 * WN * WARPS_N, BM = 8 * WM * WARPS_M, BK = 64 * WARPS_K;
   static constexpr int THREADS = 32 * WARPS_N * WARPS_M * WARPS_K;
   static constexpr int EPILOGUE_LD = BN + 4;  // floats; keeps the fragment writes conflict-free
-  static constexpr int EPILOGUE_BYTES = WARPS_K * BM * EPILOGUE_LD * 4;
+  static constexpr int RED_BYTES = WARPS_K * BM * EPILOGUE_LD * 4;
+  // the WARPS_K partial tiles, then (SPLIT > 1) this CTA's sum of them for the cluster to read
+  static constexpr int EPILOGUE_BYTES = RED_BYTES + (SPLIT > 1 ? BM * BN * 4 : 0);
 
   // Where this thread sits: lane = 4 g + t; warp (wn, wm, wk) of the CTA.
   struct Place {
@@ -188,20 +227,31 @@ struct GemmTiles {
     gt_ldmatrix_x4(b, sx + row * (2 * BK) + gt_swz<2 * BK>(row, q) * 16);
   }
 
+  // The KT k-tiles of K, or with SPLIT > 1 this cluster rank's consecutive share of them
+  // (load_w and load_x still see the k-tile's index in the whole K).
   template <typename LoadW, typename LoadX, typename Compute>
   static __device__ __forceinline__ void pipeline(int KT, LoadW load_w, LoadX load_x,
                                                   Compute compute) {
-    gt_pipeline<STAGES, false, 0>(KT, load_w, load_x, compute);
+    if constexpr (SPLIT == 1) {
+      gt_pipeline<STAGES, false, 0>(KT, load_w, load_x, compute);
+    } else {
+      const int per = (KT + SPLIT - 1) / SPLIT, kt0 = static_cast<int>(gt_cluster_rank()) * per;
+      gt_pipeline<STAGES, false, 0>(
+          max(0, min(per, KT - kt0)), [&](int slot, int kt) { load_w(slot, kt0 + kt); },
+          [&](int slot, int kt) { load_x(slot, kt0 + kt); }, compute);
+    }
   }
 
-  // Sum the WARPS_K partial tiles through shared memory (EPILOGUE_BYTES), add the bias, and
-  // store y[m0.., n0..] with 16-byte stores where a row of 8 outputs is whole and aligned.
+  // Sum the WARPS_K partial tiles through shared memory (RED_BYTES), and with SPLIT > 1 the
+  // cluster's SPLIT partial sums through distributed shared memory (each rank stores every
+  // SPLIT-th chunk of 8 outputs); add the bias and store y[m0.., n0..] with 16-byte stores where
+  // a row of 8 outputs is whole and aligned.
   template <int BIAS_ON>
   static __device__ __forceinline__ void epilogue(const float (&acc)[WN][WM][4], char* smem,
                                                   ct_t* __restrict__ y,
                                                   const ct_t* __restrict__ bias, int M, int N,
                                                   int m0, int n0, Place p) {
-    constexpr int LD = EPILOGUE_LD;
+    constexpr int LD = EPILOGUE_LD, CHUNKS = BM * BN / 8;
     float* red = reinterpret_cast<float*>(smem);
     float* mine = red + p.wk * BM * LD;
     const int g = p.g, t = p.t, wn = p.wn, wm = p.wm;
@@ -216,33 +266,65 @@ struct GemmTiles {
         mine[(m + 1) * LD + n + 8] = acc[i][j][3];
       }
     __syncthreads();
-    for (int c = threadIdx.x; c < BM * BN / 8; c += THREADS) {
+    auto sum_warps = [&](int c, float (&v)[8]) {
       const int m = c / (BN / 8), n = (c % (BN / 8)) * 8;
-      const int gm = m0 + m, gn = n0 + n;
-      if (gm >= M || gn >= N) continue;
-      float v[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) v[e] = 0.f;
 #pragma unroll
       for (int s = 0; s < WARPS_K; ++s) {
-        const float4* p = reinterpret_cast<const float4*>(red + (s * BM + m) * LD + n);
-        const float4 lo = p[0], hi = p[1];
-        v[0] += lo.x; v[1] += lo.y; v[2] += lo.z; v[3] += lo.w;
-        v[4] += hi.x; v[5] += hi.y; v[6] += hi.z; v[7] += hi.w;
+        const float4* q = reinterpret_cast<const float4*>(red + (s * BM + m) * LD + n);
+        add8(v, q[0], q[1]);
       }
-      ct_t* out = y + (ct_i64)gm * N + gn;
-      if (N % 8 == 0) {  // then gn + 8 <= N, and the row start is 16-byte aligned
-        ct_vec<ct_t, 8> o;
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-          o.v[e] = ct_from_float<ct_t>(v[e] + (BIAS_ON ? ct_to_float(bias[gn + e]) : 0.f));
-        *reinterpret_cast<ct_vec<ct_t, 8>*>(out) = o;
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-          if (gn + e < N)
-            out[e] = ct_from_float<ct_t>(v[e] + (BIAS_ON ? ct_to_float(bias[gn + e]) : 0.f));
+    };
+    float v[8];
+    if constexpr (SPLIT == 1) {
+      for (int c = threadIdx.x; c < CHUNKS; c += THREADS) {
+        sum_warps(c, v);
+        store8<BIAS_ON>(v, c, y, bias, M, N, m0, n0);
       }
+    } else {
+      float4* part = reinterpret_cast<float4*>(smem + RED_BYTES);  // [CHUNKS][2]
+      for (int c = threadIdx.x; c < CHUNKS; c += THREADS) {
+        sum_warps(c, v);
+        part[2 * c] = make_float4(v[0], v[1], v[2], v[3]);
+        part[2 * c + 1] = make_float4(v[4], v[5], v[6], v[7]);
+      }
+      gt_cluster_sync();
+      for (int c = gt_cluster_rank() + SPLIT * threadIdx.x; c < CHUNKS; c += SPLIT * THREADS) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = 0.f;
+#pragma unroll
+        for (int r = 0; r < SPLIT; ++r) add8(v, gt_ld_cluster(part + 2 * c, r), gt_ld_cluster(part + 2 * c + 1, r));
+        store8<BIAS_ON>(v, c, y, bias, M, N, m0, n0);
+      }
+      gt_cluster_sync();  // no CTA leaves while another still reads its shared memory
+    }
+  }
+
+  static __device__ __forceinline__ void add8(float (&v)[8], float4 lo, float4 hi) {
+    v[0] += lo.x; v[1] += lo.y; v[2] += lo.z; v[3] += lo.w;
+    v[4] += hi.x; v[5] += hi.y; v[6] += hi.z; v[7] += hi.w;
+  }
+
+  // Chunk c of the tile (8 outputs of one token row), bias added, stored where it lies in y.
+  template <int BIAS_ON>
+  static __device__ __forceinline__ void store8(const float (&v)[8], int c, ct_t* __restrict__ y,
+                                                const ct_t* __restrict__ bias, int M, int N,
+                                                int m0, int n0) {
+    const int gm = m0 + c / (BN / 8), gn = n0 + (c % (BN / 8)) * 8;
+    if (gm >= M || gn >= N) return;
+    ct_t* out = y + (ct_i64)gm * N + gn;
+    if (N % 8 == 0) {  // then gn + 8 <= N, and the row start is 16-byte aligned
+      ct_vec<ct_t, 8> o;
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        o.v[e] = ct_from_float<ct_t>(v[e] + (BIAS_ON ? ct_to_float(bias[gn + e]) : 0.f));
+      *reinterpret_cast<ct_vec<ct_t, 8>*>(out) = o;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (gn + e < N)
+          out[e] = ct_from_float<ct_t>(v[e] + (BIAS_ON ? ct_to_float(bias[gn + e]) : 0.f));
     }
   }
 };

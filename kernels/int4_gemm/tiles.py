@@ -3,7 +3,9 @@ shared by int4_gemm and sparse24_gemm.
 
 A CTA computes a BN x BM tile of y^T (BN = 16 WN WARPS_N weight rows, BM = 8 WM WARPS_M tokens);
 each stage of its cp.async pipeline covers BK = 64 WARPS_K of K, one 64-wide slice per WARPS_K
-warp, and the WARPS_K partial tiles are summed in the epilogue.
+warp, and the WARPS_K partial tiles are summed in the epilogue. SPLIT > 1 (sm_90+): a cluster of
+SPLIT CTAs shares the tile, each taking 1/SPLIT of the k-tiles, summed through distributed shared
+memory.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from .. import launch
 from ..gpu import GpuSpec
 
 SPACE = {"WN": (1, 2, 4), "WM": (1, 2, 4, 8), "WARPS_N": (1, 2, 4), "WARPS_M": (1, 2, 4),
-         "WARPS_K": (1, 2, 4, 8, 16), "STAGES": (2, 3, 4, 5)}
+         "WARPS_K": (1, 2, 4, 8, 16), "STAGES": (2, 3, 4, 5), "SPLIT": (1, 2, 4)}
 MAX_THREADS = 512
 DEFAULT_SMEM = 101376        # the smallest opt-in limit we ship for (sm_86 / sm_89), when no GPU is named
 DEFAULT_SMS = 132
@@ -30,9 +32,13 @@ def sizes(config) -> dict[str, int]:
 
 
 def smem_bytes(config, stage_bytes: int) -> int:
-    """Dynamic shared memory: the pipeline's stages, or the epilogue's fp32 partial tiles."""
+    """Dynamic shared memory: the pipeline's stages, or the epilogue's fp32 partial tiles (and
+    with SPLIT > 1 their sum, which the cluster reads)."""
     s = sizes(config)
-    return max(config["STAGES"] * stage_bytes, config["WARPS_K"] * s["BM"] * (s["BN"] + 4) * 4)
+    epilogue = config["WARPS_K"] * s["BM"] * (s["BN"] + 4) * 4
+    if config["SPLIT"] > 1:
+        epilogue += s["BM"] * s["BN"] * 4
+    return max(config["STAGES"] * stage_bytes, epilogue)
 
 
 def constants(config, stage_bytes: int) -> dict[str, int]:
@@ -40,7 +46,7 @@ def constants(config, stage_bytes: int) -> dict[str, int]:
 
 
 # Launch geometry over the config's names (the CUDA sources derive BN, BM, BK the same way).
-GRID = ("cdiv(M, 8 * WM * WARPS_M)", "cdiv(N, 16 * WN * WARPS_N)", "1")
+GRID = ("cdiv(M, 8 * WM * WARPS_M)", "cdiv(N, 16 * WN * WARPS_N)", "SPLIT")
 THREADS = "32 * WARPS_N * WARPS_M * WARPS_K"
 
 
@@ -50,8 +56,13 @@ def registers(config) -> int:
     return 4 * config["WN"] * config["WM"] + 4 * config["WM"] + 8 * config["WN"] + 48
 
 
-def invalid(config, stage_bytes: int, gpu: GpuSpec | None) -> str | None:
+def invalid(config, stage_bytes: int, gpu: GpuSpec | None, k: int) -> str | None:
     s = sizes(config)
+    if config["SPLIT"] > 1:
+        if gpu is None or gpu.cc < (9, 0):
+            return "SPLIT > 1 needs thread-block clusters (sm_90 or newer)"
+        if config["SPLIT"] > -(-k // s["BK"]):
+            return f"SPLIT={config['SPLIT']} exceeds the {-(-k // s['BK'])} k-tiles of K={k}"
     if s["THREADS"] > MAX_THREADS:
         return f"{s['THREADS']} threads per CTA (at most {MAX_THREADS})"
     limit = min(255, 65536 // s["THREADS"])
@@ -84,18 +95,19 @@ def heuristic(shape, gpu: GpuSpec | None, stage_bytes) -> dict[str, int]:
         warps_n = 1 if m <= 8 or wn == 2 else 2
         warps_k = max(w for w in (1, 2, 4, 8) if w <= chunks
                       and 32 * w * warps_n * warps_m <= MAX_THREADS)
-        config = {"WN": wn, "WM": wm, "WARPS_N": warps_n, "WARPS_M": warps_m, "WARPS_K": warps_k}
+        config = {"WN": wn, "WM": wm, "WARPS_N": warps_n, "WARPS_M": warps_m, "WARPS_K": warps_k,
+                  "SPLIT": 1}
         depths = (5, 4, 3, 2)
         pair = gpu is not None and gpu.cc >= (9, 0)
     else:
-        config = {"WN": 4, "WM": 8, "WARPS_N": 2, "WARPS_M": 2, "WARPS_K": 1}
+        config = {"WN": 4, "WM": 8, "WARPS_N": 2, "WARPS_M": 2, "WARPS_K": 1, "SPLIT": 1}
         if -(-m // 128) * -(-n // 128) < sms:
             config.update(WN=2, WM=4)
         depths = (3, 2)
     fits = []
     for stages in depths:
         config["STAGES"] = stages
-        if invalid(config, stage_bytes(config), gpu) is None:
+        if invalid(config, stage_bytes(config), gpu, k) is None:
             fits.append(stages)
             if not pair or 2 * (smem_bytes(config, stage_bytes(config)) + 1024) <= gpu.smem_per_sm:
                 return config

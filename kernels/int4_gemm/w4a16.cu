@@ -7,10 +7,10 @@
 //     lane's A fragment of one m16n8k16 step, and a lane's four steps are one 16-byte load.
 //   scales [K / GROUP, cdiv(N, 16) * 16] (activation dtype), zeros uint8 (same shape, 0..15).
 // Dequantisation: dequant.cuh.
-// Macros: WN WM WARPS_N WARPS_M WARPS_K STAGES (gemm_tiles.cuh), GROUP (32/64/128), ASYM, BIAS,
+// Macros: WN WM WARPS_N WARPS_M WARPS_K STAGES SPLIT (gemm_tiles.cuh), GROUP (32/64/128), ASYM, BIAS,
 // SMEM (dynamic shared bytes).
 
-typedef GemmTiles<WN, WM, WARPS_N, WARPS_M, WARPS_K, STAGES> T;
+typedef GemmTiles<WN, WM, WARPS_N, WARPS_M, WARPS_K, STAGES, SPLIT> T;
 constexpr int BN = T::BN, BM = T::BM, BK = T::BK;
 
 #define KP4(K) ((((K) + 63) / 64) * 64)               // qweight row bytes
@@ -27,7 +27,7 @@ static_assert(STAGES * STAGE_BYTES <= SMEM && T::EPILOGUE_BYTES <= SMEM, "tiles 
 // of 128 bytes or more the odd row moves half a bank cycle over.
 __device__ __forceinline__ int a_swz(int r, int q) { return BK == 64 ? q : q ^ ((r & 1) << 2); }
 
-extern "C" __global__ void __launch_bounds__(T::THREADS)
+extern "C" __global__ void GT_CLUSTER(SPLIT) __launch_bounds__(T::THREADS)
 w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
            const ct_t* __restrict__ scales, const unsigned char* __restrict__ zeros,
            const ct_t* __restrict__ bias, ct_t* __restrict__ y, int M, int N, int K) {

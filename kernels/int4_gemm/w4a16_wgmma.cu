@@ -12,8 +12,9 @@
 // thread), issued as 4 BT / N wgmma, and waited for before its slot is refilled. Epilogue: bias
 // in fp32, the tile transposed through shared memory, 16-byte stores.
 // OVERLAP 1: a stage's wgmma are left running while the next stage is waited for, loaded and
-// dequantised (wgmma.wait_group 1, loads one stage less ahead; the A registers of the stage in
-// flight are kept apart from the next one's).
+// dequantised (wgmma.wait_group 1, loads one stage less ahead); consecutive stages dequantise
+// into two register sets in turn, since the tensor cores read a stage's A registers until its
+// wait (a copy would not keep them: the first version did that and gave wrong results on an H100).
 // Macros: WG (1/2), BT (64/128/256), STAGES, OVERLAP (0/1), GROUP (32/64/128), ASYM, BIAS, SMEM,
 // MIN_CTAS (__launch_bounds__: CTAs per SM the registers must leave room for).
 
@@ -53,7 +54,10 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
 #pragma unroll
     for (int e = 0; e < INS / 2; ++e) acc[j][e] = 0.f;
 
-  unsigned a_prev[4][4] = {};  // OVERLAP: the A fragments of the stage still in the tensor cores
+  // A fragments, two sets: with OVERLAP the stage in the tensor cores keeps its set while the
+  // next stage dequantises into the other (kept live by wg_keep until its MMAs are waited for)
+  unsigned a0[4][4] = {}, a1[4][4] = {};
+  int step = 0;
   auto flat = [](int, int q) { return q; };
   auto load_w = [&](int slot, int kt) {
     char* st = ws + slot * W_BYTES;
@@ -73,7 +77,7 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
                                        2 * (ct_i64)K, M - m0, 2 * (K - kt * BK), gt_swz<128>);
   };
 
-  auto compute = [&](int slot) {
+  auto stage = [&](int slot, unsigned (&a)[4][4], unsigned (&other)[4][4]) {
     const char* st = ws + slot * W_BYTES;
     const ct_t* ss = reinterpret_cast<const ct_t*>(st + A_BYTES);
     const unsigned char* sz = reinterpret_cast<const unsigned char*>(st + A_BYTES + S_BYTES);
@@ -81,7 +85,6 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
     const uint4 words = *reinterpret_cast<const uint4*>(st + (warp * 8 + g) * 64 + t * 16);
     const unsigned w[4] = {words.x, words.y, words.z, words.w};
     W4Group q = w4_group<BN, ASYM>(ss, sz, 0, warp * 16 + g);
-    unsigned a[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       if (GROUP == 32 && kk == 2) q = w4_group<BN, ASYM>(ss, sz, 1, warp * 16 + g);  // second 32 of K
@@ -98,21 +101,22 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
       }
     wg_commit();
     if constexpr (OVERLAP) {   // this stage's MMAs run on while the next one is fetched and dequantised
-      wg_wait<1>();            // the previous stage's are done: its slot and registers are free
-      wg_keep(a_prev);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) a_prev[kk][e] = a[kk][e];
+      wg_wait<1>();            // the previous stage's are done: its slot and A registers are free
+      wg_keep(other);
     } else {
       wg_wait<0>();            // the slot is refilled after the next barrier, and a[] is reused
       wg_keep(a);
     }
   };
+  auto compute = [&](int slot) {
+    if (OVERLAP && (step++ & 1)) stage(slot, a1, a0);
+    else stage(slot, a0, a1);
+  };
 
   gt_pipeline<STAGES, true, OVERLAP>(KT, load_w, load_x, compute);
   wg_wait<0>();
-  if constexpr (OVERLAP) wg_keep(a_prev);
+  wg_keep(a0);
+  if constexpr (OVERLAP) wg_keep(a1);
 #pragma unroll
   for (int j = 0; j < NI; ++j) wg_keep(acc[j]);
   __syncthreads();  // every warpgroup's reads of the last stage are done before the epilogue

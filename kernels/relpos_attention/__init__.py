@@ -28,6 +28,8 @@ Implementations:
   shared memory once per warpgroup (V transposed by the MMA), the band of position scores
   m64 x (BN + 64) skewed through each warp's shared-memory rows as in ``cuda``; ``CARRY`` keeps
   the band's last n64 piece in registers for the next key block. The same launch and masks.
+  Measured on an H100 (2026-12-07): correct at d_k 128 and at d_k 64 with 128-key blocks, wrong
+  at d_k 64 with 64-key blocks (refused), and slower than ``cuda`` where timed.
 """
 from __future__ import annotations
 
@@ -248,6 +250,9 @@ def _wgmma_valid(config, shape, dtype, gpu):
         return f"head dim {shape['DK']} is not one of {list(WGMMA_HEAD_DIMS)} (cuda takes it)"
     if config["CARRY"] and shape["rel"] != 1:
         return "CARRY keeps a piece of the ESPnet form's band: no band in this form"
+    if config["BN"] == 64 and shape["DK"] == 64:
+        return ("BN 64 at head dim 64 gives wrong results on an H100 (2026-12-07, every form; "
+                "cause not yet found): BN 128")
     if -(-shape["T"] // (64 * config["WG"])) * shape["B"] * shape["H"] > 2**31 - 1:
         return "more than 2^31-1 CTAs"
     regs = _wgmma_registers(config, shape)
@@ -260,9 +265,10 @@ def _wgmma_valid(config, shape, dtype, gpu):
 
 
 def _wgmma_heuristic(shape, dtype, gpu):
-    """One warpgroup (64 queries) per CTA, 64 keys per block, two stages: two CTAs per SM.
-    Not yet measured."""
-    return {"BN": 64, "WG": 1, "STAGES": 2, "CARRY": 0}
+    """One warpgroup (64 queries) per CTA, two stages; 64 keys per block (128 at head dim 64,
+    where 64 is refused). Correct on an H100 (2026-12-07), slower there than ``cuda`` where timed
+    (BENCHMARKS.md)."""
+    return {"BN": 128 if shape["DK"] == 64 else 64, "WG": 1, "STAGES": 2, "CARRY": 0}
 
 
 CUDA_WGMMA = Impl(

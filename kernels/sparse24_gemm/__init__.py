@@ -48,7 +48,7 @@ def _constants(config, shape, dtype):
 def _valid(config, shape, dtype, gpu):
     if shape["K"] % 4:
         return f"K={shape['K']} is not a multiple of 4"
-    return tiles.invalid(config, _stage_bytes(config), gpu)
+    return tiles.invalid(config, _stage_bytes(config), gpu, shape["K"])
 
 
 CUDA = Impl(

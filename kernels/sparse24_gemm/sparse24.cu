@@ -8,10 +8,10 @@
 //     0..15 and of w[n + 8, k..k+15] in bits 16..31 -- the metadata register of the PTX ISA's
 //     "Sparse matrix storage" for m16n8k32 f16/bf16. Lanes 4g, 4g+1 hold it for sparsity selector
 //     0, lanes 4g+2, 4g+3 for selector 1, so one word per lane feeds two consecutive k32 steps.
-// Macros: WN WM WARPS_N WARPS_M WARPS_K STAGES (gemm_tiles.cuh), XVEC (bytes per x copy: 16, or
+// Macros: WN WM WARPS_N WARPS_M WARPS_K STAGES SPLIT (gemm_tiles.cuh), XVEC (bytes per x copy: 16, or
 // 8 when K % 8 != 0), BIAS, SMEM (dynamic shared bytes).
 
-typedef GemmTiles<WN, WM, WARPS_N, WARPS_M, WARPS_K, STAGES> T;
+typedef GemmTiles<WN, WM, WARPS_N, WARPS_M, WARPS_K, STAGES, SPLIT> T;
 constexpr int BN = T::BN, BM = T::BM, BK = T::BK;
 
 #define V_BYTES (BN * BK)          // BN rows of BK / 2 values
@@ -32,7 +32,7 @@ __device__ __forceinline__ void mma_sp(float (&c)[4], const unsigned (&a)[4], co
                  "r"(b[3]), "r"(e), "n"(SEL));
 }
 
-extern "C" __global__ void __launch_bounds__(T::THREADS)
+extern "C" __global__ void GT_CLUSTER(SPLIT) __launch_bounds__(T::THREADS)
 sparse24_gemm(const ct_t* __restrict__ x, const ct_t* __restrict__ values,
               const int* __restrict__ meta, const ct_t* __restrict__ bias, ct_t* __restrict__ y,
               int M, int N, int K) {
