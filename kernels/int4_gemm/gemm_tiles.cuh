@@ -279,6 +279,7 @@ struct GemmTiles {
     float v[8];
     if constexpr (SPLIT == 1) {
       for (int c = threadIdx.x; c < CHUNKS; c += THREADS) {
+        if (m0 + c / (BN / 8) >= M || n0 + (c % (BN / 8)) * 8 >= N) continue;  // past the edge
         sum_warps(c, v);
         store8<BIAS_ON>(v, c, y, bias, M, N, m0, n0);
       }
