@@ -8,7 +8,7 @@ import torch
 import kernels
 from kernels import gpu, launch, verify
 from kernels.int4_gemm import dequantize, int4_linear, prepare
-from tests.gpu.sampling import check_chain_in_graph, check_random_configs
+from tests.gpu.sampling import check_chain_in_graph, check_random_configs, check_split_k
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("int4_gemm")
@@ -45,6 +45,13 @@ def test_sample_of_cuda_configs(impl, m):
     chosen = K.impl(impl)
     _skip_unless_here(chosen)
     check_random_configs(K, impl, shape, seed=m)
+
+
+@pytest.mark.parametrize("m", [1, 16, 77])
+def test_split_k_over_a_cluster(m):
+    """K = 640: 10 k-tiles at WARPS_K 1 (SPLIT 4: 3 + 3 + 3 + 1), 5 at WARPS_K 2 (SPLIT 4:
+    2 + 2 + 1 + 0); N = 200 leaves a ragged tile; groups of 64, asymmetric, bias."""
+    check_split_k(K, {"M": m, "N": 200, "K": 640, "group": 64, "asym": 1, "with_bias": 1})
 
 
 @pytest.mark.parametrize("impl, m", [("cuda", 1), ("cuda", 16), ("cuda", 300), ("cuda_wgmma", 300)])

@@ -7,7 +7,7 @@ import torch
 import kernels
 from kernels import launch, verify
 from kernels.sparse24_gemm import prepare, prune_24, sparse24_linear
-from tests.gpu.sampling import check_chain_in_graph, check_random_configs
+from tests.gpu.sampling import check_chain_in_graph, check_random_configs, check_split_k
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("sparse24_gemm")
@@ -28,6 +28,13 @@ def test_shapes(dtype, m, n, k, bias):
 @pytest.mark.parametrize("m", [1, 77, 1000])
 def test_sample_of_configs(m):
     check_random_configs(K, "cuda", {"M": m, "N": 200, "K": 452, "with_bias": 1}, seed=m)
+
+
+@pytest.mark.parametrize("m", [1, 16, 77])
+def test_split_k_over_a_cluster(m):
+    """K = 580 (a multiple of 4, not of 8): 10 k-tiles at WARPS_K 1, 5 at WARPS_K 2 (SPLIT 4:
+    2 + 2 + 1 + 0); N = 200 leaves a ragged tile."""
+    check_split_k(K, {"M": m, "N": 200, "K": 580, "with_bias": 1})
 
 
 @pytest.mark.parametrize("m", [1, 16, 300])
