@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import kernels
 import torch
 
+import kernels
 from kernels.int4_gemm import KERNEL, dequantize, int4_linear, packing, prepare
 from tests.sass import sass_of
 
