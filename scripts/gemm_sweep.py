@@ -1,5 +1,5 @@
-"""The INT4 and 2:4 CUDA GEMMs at small M on a GPU: every valid tile config whose token tile
-fits M, each checked against the float64 reference on poisoned outputs, then timed as a chain
+"""The INT4 and 2:4 CUDA GEMMs on a GPU: every valid tile config (of ``cuda``: whose token tile
+fits M), each checked against the float64 reference on poisoned outputs, then timed as a chain
 of calls in one CUDA graph over rotated inputs larger than the L2 (kernels.timing.bench_graph),
 as a programmatic dependent launch (the kernel fetches its weight before waiting for the one
 ahead) and, for the best few, as a plain launch; cuBLAS fp16 on the dense weight alongside, and
@@ -7,8 +7,8 @@ a speed of light for the harness: a Triton kernel that only reads the same weigh
 weight, scales, zeros) and writes one sum per program, in the same graph, as a programmatic
 dependent launch that reads before its wait (as the GEMMs do) and as a plain one.
 
-    python3 scripts/gemm_sweep.py [--kernel int4_gemm] [--m 1 16] [--n 4096] [--k 4096]
-                                  [--only WARPS_K=8 SPLIT=2,4 ...]
+    python3 scripts/gemm_sweep.py [--kernel int4_gemm] [--impl cuda] [--m 1 16] [--n 4096]
+                                  [--k 4096] [--only WARPS_K=8 SPLIT=2,4 ...]
 
 fp16, group 128, asymmetric, no bias (the decode-like case of issue 6). Compiles run in
 parallel processes first (NVRTC's disk cache then serves the timing process).
@@ -38,15 +38,16 @@ def _shape(kernel, m, n, k):
 
 
 def candidates(kernel, impl, shape, spec, only=None):
-    """Valid configs whose token tile (BM) is at most M rounded up to a multiple of 8, and that
-    hold one of the values in ``only`` (a dict of name: tuple of values) for each name in it."""
+    """Valid configs (of ``cuda``: whose token tile BM is at most M rounded up to a multiple of
+    8) that hold one of the values in ``only`` (a dict of name: tuple of values) for each name."""
     bm_max = max(8, -(-shape["M"] // 8) * 8)
+    fits = (lambda c: tiles.sizes(c)["BM"] <= bm_max) if impl.name == "cuda" else (lambda c: True)
     out = []
     for values in itertools.product(*impl.space.values()):
         config = dict(zip(impl.space, values))
         if any(config[k] not in v for k, v in (only or {}).items()):
             continue
-        if tiles.sizes(config)["BM"] <= bm_max and impl.valid(config, shape, "float16", spec) is None:
+        if fits(config) and impl.valid(config, shape, "float16", spec) is None:
             out.append(config)
     return out
 
@@ -89,6 +90,7 @@ def _compile(job):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernel", default="int4_gemm", choices=("int4_gemm", "sparse24_gemm"))
+    ap.add_argument("--impl", default="cuda", choices=("cuda", "cuda_wgmma"))
     ap.add_argument("--m", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--k", type=int, default=4096)
@@ -97,7 +99,7 @@ def main():
                     help="sweep only the configs with these values (NAME=V or NAME=V1,V2)")
     args = ap.parse_args()
     K = kernels.get(args.kernel)
-    impl = K.impl("cuda")
+    impl = K.impl(args.impl)
     only = {}
     for item in args.only:
         name, _, value = item.partition("=")
@@ -109,7 +111,7 @@ def main():
         dataclasses.replace(lc, pdl=False) for lc in impl.launches))
     spec = gpus.running().spec
     shapes = [_shape(args.kernel, m, args.n, args.k) for m in args.m]
-    jobs = [(args.kernel, "cuda", c, s, spec.arch) for s in shapes for c in candidates(K, impl, s, spec, only)]
+    jobs = [(args.kernel, args.impl, c, s, spec.arch) for s in shapes for c in candidates(K, impl, s, spec, only)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         list(tqdm(pool.map(_compile, jobs, chunksize=4), total=len(jobs), desc="compile"))
     failed = []

@@ -94,16 +94,19 @@ CUDA = Impl(
 
 # ---- CUDA, Hopper warpgroup MMA ------------------------------------------------------------
 
-WGMMA_SPACE = {"WG": (1, 2), "BT": (64, 128, 256), "STAGES": (2, 3, 4, 5), "OVERLAP": (0, 1)}
+WGMMA_SPACE = {"WG": (1, 2), "BT": (64, 128, 256), "MT": (1, 2, 4, 8), "STAGES": (2, 3, 4, 5),
+               "OVERLAP": (0, 1)}
 
 
 def _wgmma_smem(config, shape) -> int:
     """Dynamic shared memory of w4a16_wgmma.cu: the stages (x tile, packed weight, scales,
-    zeros) or the epilogue's transposed tile, and 1024 bytes to align the swizzle atoms."""
+    zeros) and the epilogue's transposed tile (in the stages' space when MT is 1), and 1024
+    bytes to align the swizzle atoms."""
     bn, bt = 64 * config["WG"], config["BT"]
     sg = max(1, 64 // shape["group"])
-    stage = bt * 128 + bn // 2 * 64 + sg * bn * (2 + shape["asym"])
-    return max(config["STAGES"] * stage, bt * (bn + 8) * 2) + 1024
+    ring = config["STAGES"] * (bt * 128 + bn // 2 * 64 + sg * bn * (2 + shape["asym"]))
+    epilogue = bt * (bn + 8) * 2
+    return (ring + epilogue if config["MT"] > 1 else max(ring, epilogue)) + 1024
 
 
 def _wgmma_registers(config) -> int:
@@ -145,7 +148,7 @@ def _wgmma_heuristic(shape, dtype, gpu):
     m, n = shape["M"], shape["N"]
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
     bt = 128 if m > 64 and -(-m // 128) * -(-n // 128) >= sms else 64
-    config = {"WG": 2 if n > 64 else 1, "BT": bt, "OVERLAP": 0}
+    config = {"WG": 2 if n > 64 else 1, "BT": bt, "MT": 1, "OVERLAP": 0}
     per_sm = gpu.smem_per_sm if gpu else 2 * tiles.DEFAULT_SMEM
     for stages in (4, 3, 2):
         config["STAGES"] = stages
@@ -159,7 +162,7 @@ CUDA_WGMMA = Impl(
     sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
              HERE.parent / "wgmma.cuh", HERE / "w4a16_wgmma.cu"),
     space=WGMMA_SPACE,
-    launches=(Launch("w4a16_wgmma", ("cdiv(M, BT)", "cdiv(N, 64 * WG)", "1"),
+    launches=(Launch("w4a16_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG)", "1"),
                      _CUDA_ARGS,
                      threads="128 * WG", smem="SMEM", pdl=True),),
     constants=_wgmma_constants,

@@ -47,6 +47,23 @@ def test_sample_of_cuda_configs(impl, m):
     check_random_configs(K, impl, shape, seed=m)
 
 
+@pytest.mark.parametrize("k", [64, 256, 640])
+@pytest.mark.parametrize("overlap", [0, 1])
+@pytest.mark.parametrize("bt", [64, 128])
+def test_wgmma_token_tiles_per_cta(bt, overlap, k):
+    """cuda_wgmma with MT > 1: one pipeline over several token tiles, an epilogue at each
+    tile's end (K = 64: at every step), the last CTA's tiles ragged (M = 1000 = 3 x 4 x 64 + 232);
+    OVERLAP's alternating register sets across tile boundaries."""
+    chosen = K.impl("cuda_wgmma")
+    _skip_unless_here(chosen)
+    shape = {"M": 1000, "N": 200, "K": k, "group": 32 if k == 640 else 64, "asym": 1, "with_bias": 1}
+    for mt in (2, 4, 8):
+        config = {"WG": 2, "BT": bt, "MT": mt, "STAGES": 3, "OVERLAP": overlap}
+        assert chosen.valid(config, shape, "float16", gpu.running().spec) is None, config
+        v = verify.verify(K, chosen, config, shape, "float16", "cuda", seed=mt + k)
+        assert v.ok, f"{config} {shape}: {v}"
+
+
 @pytest.mark.parametrize("m", [1, 16, 77])
 def test_split_k_over_a_cluster(m):
     """K = 640: 10 k-tiles at WARPS_K 1 (SPLIT 4: 3 + 3 + 3 + 1), 5 at WARPS_K 2 (SPLIT 4:
