@@ -143,12 +143,25 @@ def _wgmma_valid(config, shape, dtype, gpu):
 
 
 def _wgmma_heuristic(shape, dtype, gpu):
-    """128 weight rows x 128 tokens per CTA (64 tokens while that leaves SMs idle, or at small
-    M), then the deepest pipeline that leaves room for two CTAs per SM. Not yet swept."""
-    m, n = shape["M"], shape["N"]
+    """Large M (a grid of 128 x 128 tiles that covers the SMs), from the sweep of BENCHMARKS.md
+    (H100, fourth session of 2026-12-07): at K <= 256 four token tiles of 128 per CTA in one
+    pipeline of 2 stages (16000x1024x256: 30.97 us against 32.66 for one tile and 4 stages); at
+    larger K one tile of 256 tokens and the deepest pipeline that fits (16000x256x1024: 23.67
+    against 25.41). Otherwise 64 tokens, and the deepest pipeline that leaves room for two CTAs
+    per SM."""
+    m, n, k = shape["M"], shape["N"], shape["K"]
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
-    bt = 128 if m > 64 and -(-m // 128) * -(-n // 128) >= sms else 64
-    config = {"WG": 2 if n > 64 else 1, "BT": bt, "MT": 1, "OVERLAP": 0}
+    per_block = gpu.smem_per_block if gpu else 2 * tiles.DEFAULT_SMEM
+    wg = 2 if n > 64 else 1
+    if m > 64 and -(-m // 128) * -(-n // 128) >= sms:
+        if k <= 256:
+            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 2, "OVERLAP": 0}
+        config = {"WG": wg, "BT": 256, "MT": 1, "OVERLAP": 0}
+        for stages in (5, 4, 3, 2):
+            config["STAGES"] = stages
+            if _wgmma_smem(config, shape) <= per_block:
+                return config
+    config = {"WG": wg, "BT": 64, "MT": 1, "OVERLAP": 0}
     per_sm = gpu.smem_per_sm if gpu else 2 * tiles.DEFAULT_SMEM
     for stages in (4, 3, 2):
         config["STAGES"] = stages
