@@ -90,7 +90,7 @@ def _compile(job):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernel", default="int4_gemm", choices=("int4_gemm", "sparse24_gemm"))
-    ap.add_argument("--impl", default="cuda", choices=("cuda", "cuda_wgmma"))
+    ap.add_argument("--impl", default="cuda", choices=("cuda", "cuda_wgmma", "cuda_wgmma_kres"))
     ap.add_argument("--m", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--k", type=int, default=4096)
