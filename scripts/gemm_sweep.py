@@ -134,6 +134,7 @@ def main():
             err = verify.relative_error(outs[0]["y"], ref)
             if not err < 1e-2:          # reported below, never timed
                 failed.append(f"M={shape['M']} {config}: relative error {err}")
+                print(f"WRONG {failed[-1]}", flush=True)
                 continue
             rows.append((per_call(impl, config), config))
         rows.sort(key=lambda r: r[0])
