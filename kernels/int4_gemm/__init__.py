@@ -20,7 +20,7 @@ Implementations:
   per CTA; the same pipeline, PDL and weight-first prologue as ``cuda``.
 * ``cuda_wgmma_kres`` (sm_90 only, K <= 256, large M): the CTA's whole weight slab (128 rows x
   K) dequantised once into registers; token tiles of all of K stream past it (x only), each
-  tile's wgmma overlapping the previous tile's epilogue.
+  tile's wgmma overlapping the previous tile's epilogue. Not yet run on a GPU (docs/gemms.md).
 * ``triton``: per K step, the x tile as it lies and the packed words dequantised in registers
   into natural-k weight tiles, one ``tl.dot`` per half of the N tile (rows n and n + 8).
 * ``triton_splitk``: the same with K split over SPLIT_K programs and a reduction launch.

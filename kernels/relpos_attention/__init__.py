@@ -19,15 +19,23 @@ Implementations:
 
 * ``triton`` (``triton_impl.py``): every dtype; the position term's shift is a ``tl.gather`` of
   the band, which Triton stages in shared memory.
-* ``cuda`` (``relpos_attn.cu``, fp16/bf16): mma.sync with 16 query rows per warp; each warp
-  writes its band of position scores to its own shared-memory rows and reads them back shifted,
-  with only a warp barrier between; the rows of p in a ring that each key block tops up with
-  BN new rows. A programmatic dependent launch on sm_90+ (it waits before its first read).
+* ``cuda`` (``relpos_attn.cu``, fp16/bf16): mma.sync with MT (1 or 2) m16 tiles of query rows
+  per warp, which share every K, p and V fragment the warp loads from shared memory; the band of
+  position scores is skewed either through each warp's own shared-memory rows (written, read
+  back shifted, only a warp barrier between; ``SKEW`` 0) or in registers by quad shuffles
+  (``SKEW`` 1, which MT 2 needs in the ESPnet form); the rows of p in a ring that each key block
+  tops up with BN new rows. A programmatic dependent launch on sm_90+ (it waits before its
+  first read). MT 2 and SKEW 1 have not yet run on a GPU (2026-12-07: no machine could be
+  started): the heuristic picks neither, and the tuner checks every candidate against the
+  reference before it can win; with MT 1 and SKEW 0, every config the kernel had before them
+  compiles to the same SASS as before (sm_80 and sm_90, all head dims, forms, chunk and packed).
 * ``cuda_wgmma`` (``relpos_attn_wgmma.cu``, sm_90 only, compiled for sm_90a; d_k 64 and 128):
   Hopper's warpgroup MMA, 64 query rows per warpgroup, K, p and V read by the tensor cores from
   shared memory once per warpgroup (V transposed by the MMA), the band of position scores
   m64 x (BN + 64) skewed through each warp's shared-memory rows as in ``cuda``; ``CARRY`` keeps
-  the band's last n64 piece in registers for the next key block. The same launch and masks.
+  the band's last n64 piece in registers for the next key block; ``SKEW`` 1 (not yet run on a
+  GPU; it spills at d_k 64 with 128-key blocks) skews in registers as ``cuda`` does. The same
+  launch and masks.
   Measured on an H100 (2026-12-07): correct at d_k 128 and at d_k 64 with 128-key blocks, wrong
   at d_k 64 with 64-key blocks (refused), and slower than ``cuda`` where timed.
 """
