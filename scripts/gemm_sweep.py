@@ -90,7 +90,7 @@ def _compile(job):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernel", default="int4_gemm", choices=("int4_gemm", "sparse24_gemm"))
-    ap.add_argument("--impl", default="cuda", choices=("cuda", "cuda_wgmma"))
+    ap.add_argument("--impl", default="cuda", choices=("cuda", "cuda_wgmma", "cuda_wgmma_kres"))
     ap.add_argument("--m", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--k", type=int, default=4096)
@@ -134,6 +134,7 @@ def main():
             err = verify.relative_error(outs[0]["y"], ref)
             if not err < 1e-2:          # reported below, never timed
                 failed.append(f"M={shape['M']} {config}: relative error {err}")
+                print(f"WRONG {failed[-1]}", flush=True)
                 continue
             rows.append((per_call(impl, config), config))
         rows.sort(key=lambda r: r[0])

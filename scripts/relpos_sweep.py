@@ -75,6 +75,7 @@ def main():
                 v = verify.verify(K, impl, config, {**shape, "B": 4}, "float16", "cuda", seed=t)
                 if not v.ok:
                     failed.append(f"{impl.name} T={t} {config}: {v}")
+                    print(f"WRONG {failed[-1]}", flush=True)
                     continue
                 rows.append((per_call(impl, config), impl.name, config))
         rows.sort(key=lambda r: r[0])

@@ -1,6 +1,7 @@
 """INT4 weight-only GEMM without a GPU: quantisation, the packed layout (nibble by nibble, against
 the fragment order the CUDA kernel reads), the public function through the Triton interpreter,
 and bad input refused before launch."""
+import itertools
 import json
 import os
 import re
@@ -185,6 +186,32 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
     sass = sass_of("int4_gemm", "cuda_wgmma", config, shape)
     hgmma = re.findall(r"HGMMA\.64x128x16\.F32\S* (R\d+), (\S+), gdesc", sass)
     assert hgmma and all(a.startswith("R") for _, a in hgmma), sass[-2000:]
+
+
+@pytest.mark.parametrize("k, group", [(256, 128), (96, 32)])
+def test_resident_slab_wgmma_impl_pipelines_its_mmas(k, group):
+    """cuda_wgmma_kres: refused past K = 256 and on every GPU but sm_90; every config compiles
+    for sm_90a without local memory, its wgmma of a tile issued back to back with one wait
+    (ptxas serialises them -- a wait after each -- when anything reads their accumulators before
+    the wait, as a first version with two accumulator sets did), the A operand in registers."""
+    from kernels import gpu
+
+    impl = KERNEL.impl("cuda_wgmma_kres")
+    h100 = gpu.by_name("h100")
+    shape = {"M": 16000, "N": 1024, "K": k, "group": group, "asym": 1, "with_bias": 1}
+    assert "K <= 256" in impl.valid(impl.heuristic({**shape, "K": 512}, "float16", h100),
+                                     {**shape, "K": 512}, "float16", h100)
+    for name in ("a10", "l4", "a100"):
+        assert "sm_90" in impl.valid(impl.heuristic(shape, "float16", h100), shape, "float16", gpu.by_name(name))
+    for values in itertools.product(*impl.space.values()):
+        config = dict(zip(impl.space, values))
+        assert impl.valid(config, shape, "float16", h100) is None, config
+        sass = sass_of("int4_gemm", "cuda_wgmma_kres", config, shape)
+        res = sass_of("int4_gemm", "cuda_wgmma_kres", config, shape, flag="-res-usage")
+        assert "LOCAL:0" in res, (config, res[-300:])
+        hgmma = re.findall(r"HGMMA\.64x(?:64|128)x16\.F32\S* R\d+, (\S+), gdesc", sass)
+        assert len(hgmma) == k // 16 and all(a.startswith("R") for a in hgmma), config
+        assert sass.count("WARPGROUP.DEPBAR") == 1, config
 
 
 @pytest.mark.parametrize("kernel", ["int4_gemm", "sparse24_gemm"])

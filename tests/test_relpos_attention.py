@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import gpu, launch, verify
+from kernels import contract, gpu, launch, verify
 from kernels.relpos_attention import reference, rel_pos_attention
 
 K = kernels.get("relpos_attention")
@@ -263,3 +263,32 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
     mmas = re.findall(r"HGMMA\.64x64x16\.F32 R\d+, (\S+), gdesc\[\w+\](\.tnspB)?", sass)
     assert all(a.startswith("R") for a, _ in mmas), sass[-2000:]
     assert sum(not t for _, t in mmas) == 20 and sum(bool(t) for _, t in mmas) == 8, mmas
+
+
+@pytest.mark.parametrize("arch", ["sm_86", "sm_90"])
+def test_register_skew_needs_no_shared_band(arch):
+    """SKEW 1 (cuda): the ESPnet band is skewed by lane shuffles, so the kernel stores none of it
+    in shared memory (the only shared stores left are q + u and q + v, staged once) and keeps it
+    all in registers without spilling, at issue 5's shape; its shared memory is never larger."""
+    import re
+
+    from tests.sass import sass_of
+
+    cuda = K.impl("cuda")
+    shape = _shape(b=32, t=500, h=4, dk=64)
+    base = cuda.heuristic(shape, "float16", None)
+    smem = {}
+    for skew in (0, 1):
+        config = {**base, "SKEW": skew}
+        assert cuda.valid(config, shape, "float16", None) is None
+        smem[skew] = contract.resolved_constants(K, cuda, config, shape, "float16")["SMEM"]
+        sass = sass_of("relpos_attention", "cuda", config, shape, arch=arch)
+        stores = len(re.findall(r"\bSTS(\.\w+)*\s", sass))
+        usage = sass_of("relpos_attention", "cuda", config, shape, arch=arch, flag="-res-usage")
+        assert re.search(r"LOCAL:0\b", usage) and re.search(r"STACK:0\b", usage), usage
+        if skew:
+            assert stores == 2 and sass.count("SHFL.IDX") >= 32, (stores, sass.count("SHFL.IDX"))
+        else:
+            assert stores > 2
+    assert smem[1] <= smem[0]
+    assert "no band" in cuda.valid({**base, "SKEW": 1}, {**shape, "rel": 0}, "float16", None)

@@ -18,6 +18,9 @@ Implementations:
   same packed words dequantised into wgmma's register A operand and the x tile read by the
   tensor cores from shared memory (128-byte swizzle); 64 or 128 weight rows x 64-256 tokens
   per CTA; the same pipeline, PDL and weight-first prologue as ``cuda``.
+* ``cuda_wgmma_kres`` (sm_90 only, K <= 256, large M): the CTA's whole weight slab (128 rows x
+  K) dequantised once into registers; token tiles of all of K stream past it (x only), each
+  tile's wgmma overlapping the previous tile's epilogue. Not yet run on a GPU (docs/gemms.md).
 * ``triton``: per K step, the x tile as it lies and the packed words dequantised in registers
   into natural-k weight tiles, one ``tl.dot`` per half of the N tile (rows n and n + 8).
 * ``triton_splitk``: the same with K split over SPLIT_K programs and a reduction launch.
@@ -186,6 +189,75 @@ CUDA_WGMMA = Impl(
 )
 
 
+# ---- CUDA, Hopper warpgroup MMA with the weight slab resident (K <= 256) ---------------------
+
+KRES_SPACE = {"BT": (64, 128), "MT": (2, 4, 8, 16), "BUFS": (2, 3)}
+KRES_MAX_K = 256
+
+
+def _kres_rows(shape) -> tuple[int, int]:
+    """(QP, KP): the packed weight's row bytes (K rounded up to 64), and the x tile's row length
+    (64, 128 or 256: its 16-byte chunks per row divide the CTA's 256 threads)."""
+    qp = -(-shape["K"] // 64) * 64
+    return qp, max(64, 1 << (qp - 1).bit_length())
+
+
+def _kres_smem(config, shape) -> int:
+    """x buffers of all of K, then the weight slab (prologue) or the epilogue's tile in the same
+    space, and 1024 bytes to align the swizzle atoms."""
+    qp, kp = _kres_rows(shape)
+    slab = 64 * qp + shape["K"] // shape["group"] * 128 * (2 + shape["asym"])
+    return config["BUFS"] * config["BT"] * kp * 2 + max(slab, config["BT"] * 136 * 2) + 1024
+
+
+def _kres_constants(config, shape, dtype):
+    _checked(shape)
+    qp, kp = _kres_rows(shape)
+    return {**config, "KC": shape["K"], "QP": qp, "KP": kp, "SMEM": _kres_smem(config, shape),
+            "GROUP": shape["group"], "ASYM": shape["asym"], "BIAS": shape["with_bias"]}
+
+
+def _kres_valid(config, shape, dtype, gpu):
+    reason = shape_error(shape)
+    if reason:
+        return reason
+    if not CUDA_WGMMA_KRES.runs_on(gpu):
+        return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
+    if shape["K"] > KRES_MAX_K:
+        return f"K={shape['K']}: this kernel keeps all of K of its weight rows in registers (K <= {KRES_MAX_K})"
+    smem = _kres_smem(config, shape)
+    if smem > gpu.smem_per_block:
+        return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
+    return None
+
+
+def _kres_heuristic(shape, dtype, gpu):
+    """128-token tiles, two x buffers, and as many tiles per CTA as fill the SMs once with
+    one CTA each (not yet measured)."""
+    sms = gpu.sms if gpu else tiles.DEFAULT_SMS
+    ctas_n = -(-shape["N"] // 128)
+    for mt in KRES_SPACE["MT"]:
+        if -(-shape["M"] // (128 * mt)) * ctas_n <= sms:
+            break
+    return {"BT": 128, "MT": mt, "BUFS": 2}
+
+
+CUDA_WGMMA_KRES = Impl(
+    name="cuda_wgmma_kres",
+    sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
+             HERE.parent / "wgmma.cuh", HERE / "w4a16_wgmma_kres.cu"),
+    space=KRES_SPACE,
+    launches=(Launch("w4a16_wgmma_kres", ("cdiv(M, BT * MT)", "cdiv(N, 128)", "1"),
+                     _CUDA_ARGS,
+                     threads="256", smem="SMEM", pdl=True),),
+    constants=_kres_constants,
+    valid=_kres_valid,
+    heuristic=_kres_heuristic,
+    arch_suffix="a",
+    ccs=((9, 0),),
+)
+
+
 # ---- Triton --------------------------------------------------------------------------------
 
 TRITON_SPACE = {"BLOCK_M": (16, 32, 64, 128), "BLOCK_N": (32, 64, 128, 256),
@@ -340,7 +412,7 @@ KERNEL = Kernel(
              TensorSpec("y", ("M", "N"), role="out")),
     scalars={},
     dtypes=("float16", "bfloat16"),
-    impls=(CUDA, CUDA_WGMMA, TRITON, TRITON_SPLITK),
+    impls=(CUDA, CUDA_WGMMA, CUDA_WGMMA_KRES, TRITON, TRITON_SPLITK),
     reference=_reference,
     baseline=_baseline,
     make_inputs=_make_inputs,

@@ -19,15 +19,23 @@ Implementations:
 
 * ``triton`` (``triton_impl.py``): every dtype; the position term's shift is a ``tl.gather`` of
   the band, which Triton stages in shared memory.
-* ``cuda`` (``relpos_attn.cu``, fp16/bf16): mma.sync with 16 query rows per warp; each warp
-  writes its band of position scores to its own shared-memory rows and reads them back shifted,
-  with only a warp barrier between; the rows of p in a ring that each key block tops up with
-  BN new rows. A programmatic dependent launch on sm_90+ (it waits before its first read).
+* ``cuda`` (``relpos_attn.cu``, fp16/bf16): mma.sync with MT (1 or 2) m16 tiles of query rows
+  per warp, which share every K, p and V fragment the warp loads from shared memory; the band of
+  position scores is skewed either through each warp's own shared-memory rows (written, read
+  back shifted, only a warp barrier between; ``SKEW`` 0) or in registers by quad shuffles
+  (``SKEW`` 1, which MT 2 needs in the ESPnet form); the rows of p in a ring that each key block
+  tops up with BN new rows. A programmatic dependent launch on sm_90+ (it waits before its
+  first read). MT 2 and SKEW 1 have not yet run on a GPU (2026-12-07: no machine could be
+  started): the heuristic picks neither, and the tuner checks every candidate against the
+  reference before it can win; with MT 1 and SKEW 0, every config the kernel had before them
+  compiles to the same SASS as before (sm_80 and sm_90, all head dims, forms, chunk and packed).
 * ``cuda_wgmma`` (``relpos_attn_wgmma.cu``, sm_90 only, compiled for sm_90a; d_k 64 and 128):
   Hopper's warpgroup MMA, 64 query rows per warpgroup, K, p and V read by the tensor cores from
   shared memory once per warpgroup (V transposed by the MMA), the band of position scores
   m64 x (BN + 64) skewed through each warp's shared-memory rows as in ``cuda``; ``CARRY`` keeps
-  the band's last n64 piece in registers for the next key block. The same launch and masks.
+  the band's last n64 piece in registers for the next key block; ``SKEW`` 1 (not yet run on a
+  GPU; it spills at d_k 64 with 128-key blocks) skews in registers as ``cuda`` does. The same
+  launch and masks.
   Measured on an H100 (2026-12-07): correct at d_k 128 and at d_k 64 with 128-key blocks, wrong
   at d_k 64 with 64-key blocks (refused), and slower than ``cuda`` where timed.
 """
@@ -128,19 +136,19 @@ TRITON = Impl(
 
 # ---- CUDA ----------------------------------------------------------------------------------
 
-CUDA_SPACE = {"BN": (16, 32, 64), "WARPS": (2, 4, 8), "STAGES": (2, 3)}
+CUDA_SPACE = {"BN": (16, 32, 64), "WARPS": (2, 4, 8), "MT": (1, 2), "STAGES": (2, 3), "SKEW": (0, 1)}
 
 
 def _cuda_smem(config, shape) -> int:
     """relpos_attn.cu's layout: STAGES x (K, V), the ring of p (the ESPnet form's BM overlap of
     consecutive windows plus STAGES blocks of BN rows), and q + u (and q + v), whose space each
-    warp's band of position scores takes over (ESPnet form; half a block's keys at a time, rows
-    padded to 8 mod 16 floats)."""
+    warp's band of position scores takes over (ESPnet form, unless SKEW skews it in registers;
+    half a block's keys at a time, rows padded to 8 mod 16 floats)."""
     bn, warps, rel, rb = config["BN"], config["WARPS"], shape["rel"], 2 * shape["DK"]
-    bm = 16 * warps
+    bm = 16 * config["MT"] * warps
     ring = ((bm if rel == 1 else 0) + config["STAGES"] * bn) if rel else 0
     half = bn // 2 + 16
-    band = 16 * warps * (half + (8 - half) % 16) * 4 if rel == 1 else 0
+    band = 16 * warps * (half + (8 - half) % 16) * 4 if rel == 1 and not config["SKEW"] else 0
     return config["STAGES"] * 2 * bn * rb + ring * rb + max((1 + bool(rel)) * bm * rb, band)
 
 
@@ -148,7 +156,8 @@ def _cuda_constants(config, shape, dtype):
     _check_head_dim(shape["DK"])
     return {"HEADS": shape["H"], "HEAD_DIM": shape["DK"], "REL": shape["rel"], "CHUNK": shape["chunk"],
             "LEFT": shape["left_chunks"], "PACKED": shape["packed"], "BN": config["BN"],
-            "WARPS": config["WARPS"], "STAGES": config["STAGES"],
+            "WARPS": config["WARPS"], "MT": config["MT"], "STAGES": config["STAGES"],
+            "SKEW": config["SKEW"],
             "SMEM": _cuda_smem(config, shape)}
 
 
@@ -157,14 +166,19 @@ def _cuda_valid(config, shape, dtype, gpu):
         return f"{dtype} activations: the tensor-core kernel takes {list(CUDA_DTYPES)}"
     if shape["DK"] not in HEAD_DIMS:
         return f"head dim {shape['DK']} is not one of {list(HEAD_DIMS)}"
-    bn, bm, dk, rel = config["BN"], 16 * config["WARPS"], shape["DK"], shape["rel"]
+    bn, mt, dk, rel = config["BN"], config["MT"], shape["DK"], shape["rel"]
+    bm = 16 * mt * config["WARPS"]
+    if config["SKEW"] and rel != 1:
+        return "SKEW skews the ESPnet form's band: no band in this form"
+    if mt > 1 and rel == 1 and not config["SKEW"]:
+        return "MT 2 skews the ESPnet form's band in registers: SKEW 1"
     if max(bm, bn) > max(32, pow2(shape["T"])):
         return "a block longer than the sequence"
     if -(-shape["T"] // bm) * shape["B"] * shape["H"] > 2**31 - 1:
         return "more than 2^31-1 CTAs"
     # fp32 registers per thread: q + u (and q + v) fragments, the output accumulator, the
-    # scores, and the band the skew stores (ESPnet form)
-    words = dk // 4 * (1 + bool(rel)) + dk // 2 + bn // 2 + (rel == 1) * (bn // 2 + 8)
+    # scores, and the band the skew stores (ESPnet form), for each of the warp's m16 tiles
+    words = mt * (dk // 4 * (1 + bool(rel)) + dk // 2 + bn // 2 + (rel == 1) * (bn // 2 + 8))
     if words > MAX_CUDA_WORDS:
         return f"about {words} live registers per thread for tiles alone would spill"
     smem = _cuda_smem(config, shape)
@@ -180,20 +194,21 @@ def _cuda_heuristic(shape, dtype, gpu):
     bn = 32 if shape["DK"] == 128 else 64
     for config in ({"BN": bn, "WARPS": 4, "STAGES": 2}, {"BN": 32, "WARPS": 4, "STAGES": 2},
                    {"BN": 32, "WARPS": 2, "STAGES": 2}, {"BN": 16, "WARPS": 2, "STAGES": 2}):
+        config.update(MT=1, SKEW=0)
         if _cuda_valid(config, shape, dtype, gpu) is None:
             return config
     return config
 
 
 CUDA_DTYPES = ("float16", "bfloat16")
-MAX_CUDA_WORDS = 168
+MAX_CUDA_WORDS = 216
 
 CUDA = Impl(
     name="cuda",
     sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
              HERE / "attn_common.cuh", HERE / "relpos_attn.cu"),
     space=CUDA_SPACE,
-    launches=(Launch("relpos_attn_fwd", ("cdiv(T, 16 * WARPS) * B * H", "1", "1"),
+    launches=(Launch("relpos_attn_fwd", ("cdiv(T, 16 * MT * WARPS) * B * H", "1", "1"),
                      _ARGS,
                      threads="32 * WARPS", smem="SMEM", pdl=True),),
     constants=_cuda_constants,
@@ -205,7 +220,7 @@ CUDA = Impl(
 
 # ---- CUDA, Hopper warpgroup MMA ------------------------------------------------------------
 
-WGMMA_SPACE = {"BN": (64, 128), "WG": (1, 2), "STAGES": (2, 3), "CARRY": (0, 1)}
+WGMMA_SPACE = {"BN": (64, 128), "WG": (1, 2), "STAGES": (2, 3), "CARRY": (0, 1), "SKEW": (0, 1)}
 WGMMA_HEAD_DIMS = (64, 128)   # rows of 128-byte panels; d_k 32 stays with ``cuda``
 
 
@@ -220,7 +235,7 @@ def _wgmma_smem(config, shape) -> int:
     1024 bytes to align the swizzle atoms."""
     bn, wg, rel, rb = config["BN"], config["WG"], shape["rel"], 2 * shape["DK"]
     p_rows = bn + 64 * wg if rel == 1 else bn if rel == 2 else 0
-    band = 4 * wg * 16 * _wgmma_band_stride(bn) * 4 if rel == 1 else 0
+    band = 4 * wg * 16 * _wgmma_band_stride(bn) * 4 if rel == 1 and not config["SKEW"] else 0
     return config["STAGES"] * (2 * bn + p_rows) * rb + (1 + bool(rel)) * 64 * wg * rb + band + 1024
 
 
@@ -250,6 +265,8 @@ def _wgmma_valid(config, shape, dtype, gpu):
         return f"head dim {shape['DK']} is not one of {list(WGMMA_HEAD_DIMS)} (cuda takes it)"
     if config["CARRY"] and shape["rel"] != 1:
         return "CARRY keeps a piece of the ESPnet form's band: no band in this form"
+    if config["SKEW"] and shape["rel"] != 1:
+        return "SKEW skews the ESPnet form's band: no band in this form"
     if config["BN"] == 64 and shape["DK"] == 64:
         return ("BN 64 at head dim 64 gives wrong results on an H100 (2026-12-07, every form; "
                 "cause not yet found): BN 128")
@@ -268,7 +285,7 @@ def _wgmma_heuristic(shape, dtype, gpu):
     """One warpgroup (64 queries) per CTA, two stages; 64 keys per block (128 at head dim 64,
     where 64 is refused). Correct on an H100 (2026-12-07), slower there than ``cuda`` where timed
     (BENCHMARKS.md)."""
-    return {"BN": 128 if shape["DK"] == 64 else 64, "WG": 1, "STAGES": 2, "CARRY": 0}
+    return {"BN": 128 if shape["DK"] == 64 else 64, "WG": 1, "STAGES": 2, "CARRY": 0, "SKEW": 0}
 
 
 CUDA_WGMMA = Impl(

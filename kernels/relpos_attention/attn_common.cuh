@@ -136,6 +136,34 @@ __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m
   for (int i = 0; i < 4 * OT; ++i) o[i] *= alpha[(i % 4) / 2];
 }
 
+// The ESPnet form's skew in registers: s[4 nt + 2 hf + e] += the band value at row g + 8 hf,
+// column 8 (nt + A_hf) + 2 t + e + 7 - g, of a band whose n8 tiles are in the same flat C
+// layout (band[4 i + 2 hf + e]: row g + 8 hf, column 8 i + 2 t + e). The shift 7 - g = 2 beta +
+// eps is the same for the four lanes of a row (a quad), so each element comes from lane
+// t + beta (+ 1 for e = 1 when eps) of the quad, which wraps into the next n8 tile for the lanes
+// t < beta (+ eps): each lane offers the value its destination needs, one shuffle per element.
+// No shared memory and no barrier, where storing the band and reading it back skewed (ESPnet's
+// pad-and-reshape as addressing) costs a round trip through shared memory per block.
+template <int NT, int NBT, int A0, int A1>
+__device__ __forceinline__ void attn_skew_add(float (&s)[4 * NT], const float (&band)[4 * NBT], int lane) {
+  static_assert(NT + (A0 > A1 ? A0 : A1) < NBT, "the band is narrower than the shift needs");
+  const int t = lane % 4, sig = 7 - lane / 4, beta = sig >> 1, eps = sig & 1;
+  const int src0 = (lane & ~3) | ((t + beta) & 3), src1 = (lane & ~3) | ((t + beta + eps) & 3);
+  const bool wrap0 = t < beta, wrap1 = t < beta + eps;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float* lo = band + 4 * (nt + (hf ? A1 : A0)) + 2 * hf;
+      const float* hi = lo + 4;
+      const float v0 = wrap0 ? (eps ? hi[1] : hi[0]) : (eps ? lo[1] : lo[0]);
+      const float v1 = wrap1 ? (eps ? hi[0] : hi[1]) : (eps ? lo[0] : lo[1]);
+      s[4 * nt + 2 * hf] += __shfl_sync(0xffffffffu, v0, src0);
+      s[4 * nt + 2 * hf + 1] += __shfl_sync(0xffffffffu, v1, src1);
+    }
+  }
+}
+
 // The probabilities of k16 step kk (n8 tiles 2 kk, 2 kk + 1) as an m16k16 A fragment.
 template <int N>
 __device__ __forceinline__ void attn_p_frag(unsigned (&a)[4], const float (&s)[N], int kk) {

@@ -1,23 +1,29 @@
 // Relative-position multi-head self-attention on the tensor cores (mma.sync m16n8k16), flash
 // style (online softmax over key blocks, fp32 statistics and accumulator; FlashAttention-2's
-// per-warp rows, arXiv:2307.08691). One CTA: BM = 16 WARPS queries of one (batch, head); each
-// warp owns 16 of them. Per key block of BN keys, a cp.async pipeline of STAGES stages brings K,
+// per-warp rows, arXiv:2307.08691). One CTA: BM = 16 MT WARPS queries of one (batch, head);
+// each warp owns 16 MT of them, MT m16 tiles that share every B fragment (K, p, V) it loads
+// from shared memory. Per key block of BN keys, a cp.async pipeline of STAGES stages brings K,
 // V and the rows of p the block needs into shared memory (XOR-swizzled rows, conflict-free
 // ldmatrix), and each warp computes
-//   s   = (q + u) . k^T                              16 x BN, A = q + u in registers
+//   s   = (q + u) . k^T                              16 MT x BN, A = q + u in registers
 //   bd  = rel_shift((q + v) . p^T)  (REL 1)          the warp's band, then the skew (below)
 //       = (q + v) . p[key]^T        (REL 2, WeNet's un-shifted form over p of T rows)
 //   softmax(s + bd) . v                              the probabilities stay in registers as the
 //                                                    A fragments of the P . V mma
 // The skew. After ESPnet's rel_shift the score of query i and key j uses p[T - 1 - i + j]. For
 // the CTA's query rows i0 + a and the block's keys j0 + c that is window row BM - 1 - a + c of
-// the BM + BN rows of p from pw0 = T - i0 - BM + j0, so warp w (a = 16 w + r) needs window rows
-// BM - 16 - 16 w + [0, BN + 16): its band, a [16, BN + 16] product with q + v. bd[r][c] =
-// band[r][c + 15 - r]: the warp writes its band (fp32) to its own shared-memory rows, and each
+// the BM + BN rows of p from pw0 = T - i0 - BM + j0, so warp w (a = 16 MT w + r) needs window
+// rows BM - 16 MT (w + 1) + [0, BN + 16 MT): its band, a product with q + v of which its m16 tile
+// m takes n8 tiles 2 (MT - 1 - m) + [0, BN / 8 + 2) (those of rows 16 m + [0, 16)), so that
+// bd[r][c] = band_m[r][c + 15 - r] in each tile's own columns. The warp (MT 1) writes its band (fp32) to its own shared-memory rows, and each
 // lane reads back the shifted elements of its own score fragment: ESPnet's pad-and-reshape as
 // shared-memory addressing, with only a warp barrier between. It does so in two halves of the
 // block's keys (a half's scores need BN / 2 + 16 band columns), into the space where q + u and
 // q + v were staged, so that shared memory leaves room for three CTAs per SM.
+// With SKEW (needed for MT 2) the skew is done in registers instead (attn_skew_add: one shuffle
+// per score element, no shared memory), and as consecutive blocks' bands overlap by 16
+// columns, the last two band n8 tiles of each m16 tile are kept as its first two of the next
+// block (only BN / 8 tiles are new).
 // The rows of p. Consecutive key blocks' windows overlap (by BM rows in the ESPnet form), so p
 // lives in a ring of POV + STAGES BN rows: the first block loads its whole window, every later
 // one only its last BN rows; row r of block b's window is ring row (b BN + r) mod PRING.
@@ -26,27 +32,30 @@
 // the output rows: attn_common.cuh.
 // Macros: HEADS, HEAD_DIM (32/64/128), REL (0 plain, 1 ESPnet, 2 WeNet legacy), CHUNK (0: none),
 // LEFT (-1: all), PACKED (q | k | v in one tensor of rows 3 HEADS HEAD_DIM), BN (16/32/64 keys per
-// block), WARPS (BM = 16 WARPS), STAGES (2/3), SMEM (dynamic shared bytes).
+// block), WARPS, MT (BM = 16 MT WARPS), STAGES (2/3), SKEW (0/1, above), SMEM (dynamic shared
+// bytes).
 
-constexpr int BM = 16 * WARPS;
+constexpr int BM = 16 * MT * WARPS;
 constexpr int THREADS = 32 * WARPS;
 constexpr int HD = HEADS * HEAD_DIM;
 constexpr int QS = (1 + 2 * PACKED) * HD;      // row stride of q, k and v
 constexpr int RB = HEAD_DIM * 2;                     // bytes of a shared-memory row
 constexpr int CH = HEAD_DIM / 8;                     // 16-byte chunks per row
+constexpr int KS = HEAD_DIM / 16;                    // k16 steps over the head dim
 constexpr int POV = REL == 1 ? BM : 0;                  // rows a block's p window shares with the next
 constexpr int PWIN = REL ? POV + BN : 0;                // rows of p one block reads
 constexpr int PRING = REL ? POV + STAGES * BN : 0;      // rows of the ring of p
 constexpr int PRING_ = PRING > 0 ? PRING : 1;           // the divisor where REL != 0
-constexpr int NB = BN / 8 + 2;                 // n8 tiles of a warp's band (REL 1)
+constexpr int NB = BN / 8 + 2;                 // n8 tiles of an m16 tile's band (REL 1)
 constexpr int HT = BN / 16;                    // score n8 tiles per half of the block
 constexpr int SB0 = 8 * (HT + 2);              // band columns a half needs
 constexpr int SB = SB0 + ((8 - SB0) % 16 + 16) % 16;   // band row stride (floats), = 8 mod 16
 constexpr int KV_BYTES = 2 * BN * RB;          // one stage of K and V
 constexpr int Q_BYTES = BM * RB;
-constexpr int BAND_BYTES = REL == 1 ? WARPS * 16 * SB * 4 : 0;
+constexpr int BAND_BYTES = REL == 1 && !SKEW ? WARPS * 16 * SB * 4 : 0;
 constexpr int AREA = (1 + (REL != 0)) * Q_BYTES > BAND_BYTES ? (1 + (REL != 0)) * Q_BYTES : BAND_BYTES;
 static_assert(HEAD_DIM % 32 == 0 && BN % 16 == 0 && STAGES >= 2, "unsupported tile");
+static_assert(REL != 1 || MT == 1 || SKEW, "MT 2 skews the band in registers (SKEW)");
 static_assert(STAGES * KV_BYTES + PRING * RB + AREA <= SMEM, "tiles exceed SMEM");
 
 // Byte offset of 16-byte chunk q of row r in a tile of RB-byte rows.
@@ -66,30 +75,74 @@ __device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 str
   }
 }
 
-// [(16 rows of the warp) x HEAD_DIM] A fragments from a Q tile: ks-th k16 step in a[ks].
-__device__ __forceinline__ void a_frags(unsigned (&a)[HEAD_DIM / 16][4], const char* tile, int w,
-                                        int lane) {
+// The A fragments of the warp's MT m16 tiles (rows 16 (MT w + m) ..) of a Q tile: a[m][ks].
+__device__ __forceinline__ void a_frags(unsigned (&a)[MT][KS][4], const char* tile, int w, int lane) {
 #pragma unroll
-  for (int ks = 0; ks < HEAD_DIM / 16; ++ks)
-    gt_ldmatrix_x4(a[ks], tile + at(16 * w + lane % 8 + 8 * ((lane / 8) % 2), 2 * ks + lane / 16));
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks)
+      gt_ldmatrix_x4(a[m][ks], tile + at(16 * (MT * w + m) + lane % 8 + 8 * ((lane / 8) % 2),
+                                         2 * ks + lane / 16));
 }
 
-// acc[nt] += a . B^T for NT n8 tiles of B rows row0 + 8 nt (rows of K or p: [key][dim]), tile
-// rows taken modulo ``wrap`` (row0 < wrap, 8 NT <= wrap).
-template <int NT>
-__device__ __forceinline__ void qk(float (&acc)[NT][4], const unsigned (&a)[HEAD_DIM / 16][4],
+// The B fragments (two n8 tiles) of rows row0 + [0, 16) of a [row][dim] tile (K or p), k16
+// step ks, rows taken modulo ``wrap`` (row0 < wrap).
+__device__ __forceinline__ void b_frags(unsigned (&b)[4], const char* tile, int row0, int ks, int lane,
+                                        int wrap) {
+  int r = row0 + 8 * (lane / 16) + lane % 8;
+  r = r >= wrap ? r - wrap : r;
+  gt_ldmatrix_x4(b, tile + at(r, 2 * ks + (lane / 8) % 2));
+}
+
+// acc[m][nt] += a[m] . B^T for NT n8 tiles of B rows row0 + 8 nt (rows of K or p: [key][dim]),
+// tile rows taken modulo ``wrap`` (row0 < wrap, 8 NT <= wrap); each B fragment serves every m.
+template <int M, int NT>
+__device__ __forceinline__ void qk(float (&acc)[M][NT][4], const unsigned (&a)[M][KS][4],
                                    const char* tile, int row0, int lane, int wrap = 8 * NT) {
   static_assert(NT % 2 == 0, "n8 tiles in pairs");
 #pragma unroll
-  for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
+  for (int ks = 0; ks < KS; ++ks) {
 #pragma unroll
     for (int nt = 0; nt < NT; nt += 2) {
       unsigned b[4];
-      int r = row0 + 8 * (nt + lane / 16) + lane % 8;
-      r = r >= wrap ? r - wrap : r;
-      gt_ldmatrix_x4(b, tile + at(r, 2 * ks + (lane / 8) % 2));
-      gt_mma(acc[nt], a[ks], b[0], b[1]);
-      gt_mma(acc[nt + 1], a[ks], b[2], b[3]);
+      b_frags(b, tile, row0 + 8 * nt, ks, lane, wrap);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        gt_mma(acc[m][nt], a[m][ks], b[0], b[1]);
+        gt_mma(acc[m][nt + 1], a[m][ks], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// The register band (SKEW): m16 tile m's n8 tiles j of the warp's band are the window's tiles
+// 2 (MT - 1 - m) + j; all NB of them (FIRST), or j >= 2 (the others are carried). prow: ring
+// row of the warp's band tile 0.
+template <bool FIRST>
+__device__ __forceinline__ void band_mma(float (&band)[MT][NB][4], const unsigned (&a)[MT][KS][4],
+                                         const char* s_p, int prow, int lane) {
+  constexpr int LO = FIRST ? 0 : 2;
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+    for (int i = 0; i < NB + 2 * (MT - 1); i += 2) {
+      bool used = false;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const int j = i - 2 * (MT - 1 - m);
+        used |= j >= LO && j < NB;
+      }
+      if (!used) continue;
+      unsigned b[4];
+      b_frags(b, s_p, prow + 8 * i, ks, lane, PRING_);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const int j = i - 2 * (MT - 1 - m);
+        if (j >= LO && j < NB) {
+          gt_mma(band[m][j], a[m][ks], b[0], b[1]);
+          gt_mma(band[m][j + 1], a[m][ks], b[2], b[3]);
+        }
+      }
     }
   }
 }
@@ -140,19 +193,27 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
                                            REL ? pos_v + h * HEAD_DIM : pos_v,
                                            [](int r, int c) { return at(r, c); });
   __syncthreads();
-  unsigned a_u[HEAD_DIM / 16][4], a_v[HEAD_DIM / 16][4];
+  unsigned a_u[MT][KS][4], a_v[MT][KS][4];
   a_frags(a_u, s_qu, w, lane);
   if (REL) a_frags(a_v, s_qv, w, lane);
 
-  // the two query rows of this lane and their key windows
-  int row_lo[2], row_hi[2];
-  attn_row_windows<CHUNK, LEFT>(row_lo, row_hi, i0 + 16 * w + g, length);
-  const float qk_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(HEAD_DIM));   // softmax in base 2
-  float m_i[2] = {-1.0e30f, -1.0e30f}, l_i[2] = {0.0f, 0.0f};     // finite: no NaN when masked
-  float o[HEAD_DIM / 8][4];
+  // the two query rows of this lane in each m16 tile, and their key windows
+  const int row0 = i0 + 16 * MT * w + g;
+  int row_lo[MT][2], row_hi[MT][2];
 #pragma unroll
-  for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  for (int m = 0; m < MT; ++m) attn_row_windows<CHUNK, LEFT>(row_lo[m], row_hi[m], row0 + 16 * m, length);
+  const float qk_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(HEAD_DIM));   // softmax in base 2
+  float m_i[MT][2], l_i[MT][2];   // m finite: no NaN when masked
+  float o[MT][HEAD_DIM / 8][4];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    m_i[m][0] = m_i[m][1] = -1.0e30f;
+    l_i[m][0] = l_i[m][1] = 0.0f;
+#pragma unroll
+    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[m][nd][0] = o[m][nd][1] = o[m][nd][2] = o[m][nd][3] = 0.0f;
+  }
   float* band_w = s_band + w * 16 * SB;   // written only after the loop's first CTA barrier
+  float band_r[MT][NB][4];                  // SKEW: the band, its last two tiles carried
 
   for (int block = 0; block < n_blocks; ++block) {
     issue(block + STAGES - 1);
@@ -165,22 +226,45 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     const int pbase = block * BN % PRING_;   // ring row of the window's row 0 (REL != 0)
 
     // the scores start as the shifted position term (ESPnet form), then gather (q + u) . k^T
-    float s[BN / 8][4];
+    float s[MT][BN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-    if (REL == 1) {
-      float band[NB][4];
+    for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int nt = 0; nt < NB; ++nt) band[nt][0] = band[nt][1] = band[nt][2] = band[nt][3] = 0.0f;
+      for (int nt = 0; nt < BN / 8; ++nt) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
+    if (REL == 1 && SKEW) {
+      int prow = pbase + BM - 16 * MT * (w + 1);   // ring row of the warp's band tile 0
+      prow = prow >= PRING ? prow - PRING : prow;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int nt = 0; nt < NB; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) band_r[m][nt][e] = nt < 2 && block ? band_r[m][NB - 2 + nt][e] : 0.0f;
+        }
+      }
+      if (block == 0) {
+        band_mma<true>(band_r, a_v, s_p, prow, lane);
+      } else {
+        band_mma<false>(band_r, a_v, s_p, prow, lane);
+      }
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        attn_skew_add<BN / 8, NB, 1, 0>(reinterpret_cast<float (&)[BN / 2]>(s[m]),
+                                        reinterpret_cast<const float (&)[4 * NB]>(band_r[m]), lane);
+    } else if (REL == 1) {   // MT 1
+      float band[1][NB][4];
+#pragma unroll
+      for (int nt = 0; nt < NB; ++nt) band[0][nt][0] = band[0][nt][1] = band[0][nt][2] = band[0][nt][3] = 0.0f;
       const int prow = pbase + BM - 16 - 16 * w;
-      qk<NB>(band, a_v, s_p, prow >= PRING ? prow - PRING : prow, lane, PRING);
+      qk<1, NB>(band, reinterpret_cast<const unsigned (&)[1][KS][4]>(a_v), s_p,
+                prow >= PRING ? prow - PRING : prow, lane, PRING);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {   // band tiles h HT .. h HT + HT + 1 serve score tiles h HT ..
 #pragma unroll
         for (int nt = h * HT; nt < h * HT + HT + 2; ++nt) {
           const int c = 8 * (nt - h * HT) + 2 * t;
-          *reinterpret_cast<float2*>(band_w + g * SB + c) = make_float2(band[nt][0], band[nt][1]);
-          *reinterpret_cast<float2*>(band_w + (g + 8) * SB + c) = make_float2(band[nt][2], band[nt][3]);
+          *reinterpret_cast<float2*>(band_w + g * SB + c) = make_float2(band[0][nt][0], band[0][nt][1]);
+          *reinterpret_cast<float2*>(band_w + (g + 8) * SB + c) = make_float2(band[0][nt][2], band[0][nt][3]);
         }
         __syncwarp();
 #pragma unroll
@@ -188,39 +272,47 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int c = 8 * (nt - h * HT) + 2 * t + e;
-            s[nt][e] = band_w[g * SB + c + 15 - g];
-            s[nt][2 + e] = band_w[(g + 8) * SB + c + 7 - g];
+            s[0][nt][e] = band_w[g * SB + c + 15 - g];
+            s[0][nt][2 + e] = band_w[(g + 8) * SB + c + 7 - g];
           }
         }
         __syncwarp();   // every lane has read this half before the next one overwrites it
       }
     }
-    qk<BN / 8>(s, a_u, sk, 0, lane);
-    if (REL == 2) qk<BN / 8>(s, a_v, s_p, pbase, lane, PRING);
+    qk<MT, BN / 8>(s, a_u, sk, 0, lane);
+    if (REL == 2) qk<MT, BN / 8>(s, a_v, s_p, pbase, lane, PRING);
 
     // scale, mask, online softmax
-    float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
-    attn_softmax_block<BN / 8, HEAD_DIM / 8>(sf, m_i, l_i, reinterpret_cast<float (&)[HEAD_DIM / 2]>(o),
-                                             j0, row_lo, row_hi, CHUNK > 0 || j0 + BN > length,
-                                             qk_scale, t);
+    const bool masked = CHUNK > 0 || j0 + BN > length;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+      attn_softmax_block<BN / 8, HEAD_DIM / 8>(reinterpret_cast<float (&)[BN / 2]>(s[m]), m_i[m], l_i[m],
+                                               reinterpret_cast<float (&)[HEAD_DIM / 2]>(o[m]), j0,
+                                               row_lo[m], row_hi[m], masked, qk_scale, t);
     // o += P . V: the C fragments of two n8 score tiles are the A fragment of one k16 step
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      unsigned a[4];
-      attn_p_frag(a, sf, kk);
+      unsigned a[MT][4];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) attn_p_frag(a[m], reinterpret_cast<const float (&)[BN / 2]>(s[m]), kk);
 #pragma unroll
       for (int nd = 0; nd < HEAD_DIM / 8; nd += 2) {
         unsigned bv[4];
         gt_ldmatrix_x4_trans(bv, sv + at(16 * kk + lane % 8 + 8 * ((lane / 8) % 2), nd + lane / 16));
-        gt_mma(o[nd], a, bv[0], bv[1]);
-        gt_mma(o[nd + 1], a, bv[2], bv[3]);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          gt_mma(o[m][nd], a[m], bv[0], bv[1]);
+          gt_mma(o[m][nd + 1], a[m], bv[2], bv[3]);
+        }
       }
     }
     __syncthreads();   // this stage is refilled by a later issue()
   }
   gt_cp_wait<0>();
 
-  attn_store_rows<HEAD_DIM / 8>(out, static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM, HD,
-                                reinterpret_cast<const float (&)[HEAD_DIM / 2]>(o), l_i,
-                                i0 + 16 * w + g, T, length, t);
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+    attn_store_rows<HEAD_DIM / 8>(out, static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM, HD,
+                                  reinterpret_cast<const float (&)[HEAD_DIM / 2]>(o[m]), l_i[m],
+                                  row0 + 16 * m, T, length, t);
 }

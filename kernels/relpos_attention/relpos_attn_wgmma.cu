@@ -19,10 +19,12 @@
 // bd[r][c] = band[r][c + 63 - r]. Warp w of the warpgroup (r = 16 w + 0..15) needs band columns
 // 48 - 16 w + [0, BN + 16): it writes those (fp32) to its own shared-memory rows and each lane
 // reads back the shifted elements of its score fragment, with only warp barriers between;
-// meanwhile the tensor cores compute (q + u) . k^T.
+// meanwhile the tensor cores compute (q + u) . k^T. With SKEW the skew is done in registers
+// instead (attn_skew_add, one shuffle per score element; warp w's rows start 8 (7 - 2 w) band
+// columns in), after both products are done.
 // Masks, the online softmax and the output rows: attn_common.cuh.
 // Macros: HEADS, HEAD_DIM (64/128), REL (0 plain, 1 ESPnet, 2 WeNet legacy), CHUNK, LEFT, PACKED,
-// BN (64/128 keys per block), WG (1/2 warpgroups), STAGES (2/3), CARRY (0/1, above), SMEM
+// BN (64/128 keys per block), WG (1/2 warpgroups), STAGES (2/3), CARRY, SKEW (0/1, above), SMEM
 // (dynamic shared bytes, with 1024 for the swizzle atom's alignment).
 
 constexpr int BM = 64 * WG, THREADS = 128 * WG;
@@ -37,7 +39,7 @@ constexpr int SB = SB0 + ((8 - SB0) % 16 + 16) % 16;  // band row stride (floats
 constexpr int K_BYTES = BN * HEAD_DIM * 2;
 constexpr int STAGE_BYTES = 2 * K_BYTES + PW * HEAD_DIM * 2;
 constexpr int Q_BYTES = BM * HEAD_DIM * 2;
-constexpr int BAND_BYTES = REL == 1 ? 4 * WG * 16 * SB * 4 : 0;
+constexpr int BAND_BYTES = REL == 1 && !SKEW ? 4 * WG * 16 * SB * 4 : 0;
 static_assert((HEAD_DIM == 64 || HEAD_DIM == 128) && BN % 64 == 0 && STAGES >= 2, "unsupported tile");
 static_assert(STAGES * STAGE_BYTES + (1 + (REL != 0)) * Q_BYTES + BAND_BYTES + 1024 <= SMEM,
               "tiles exceed SMEM");
@@ -168,7 +170,20 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     wg_commit();
 
     float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
-    if constexpr (REL == 1) {
+    if constexpr (REL == 1 && SKEW) {
+      wg_wait<0>();
+#pragma unroll
+      for (int n = 0; n < NBAND; ++n) wg_keep(band[n]);
+#pragma unroll
+      for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
+      const float (&bf)[32 * NBAND] = reinterpret_cast<const float (&)[32 * NBAND]>(band);
+      switch (w) {   // warp-uniform: each warp's own shift, with static register indices
+        case 0: attn_skew_add<BN / 8, 8 * NBAND, 7, 6>(sf, bf, lane); break;
+        case 1: attn_skew_add<BN / 8, 8 * NBAND, 5, 4>(sf, bf, lane); break;
+        case 2: attn_skew_add<BN / 8, 8 * NBAND, 3, 2>(sf, bf, lane); break;
+        default: attn_skew_add<BN / 8, 8 * NBAND, 1, 0>(sf, bf, lane); break;
+      }
+    } else if constexpr (REL == 1) {
       wg_wait<1>();   // the band is done; q . k^T may still run
 #pragma unroll
       for (int n = 0; n < NBAND; ++n) wg_keep(band[n]);

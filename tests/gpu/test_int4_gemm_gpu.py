@@ -2,6 +2,8 @@
 K multiples of the group, a sample of the CUDA config space, offsets past 2^31, the public
 function, and the packing against a dense float reference."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -64,6 +66,27 @@ def test_wgmma_token_tiles_per_cta(bt, overlap, k):
         assert v.ok, f"{config} {shape}: {v}"
 
 
+KRES_SHAPES = [(16000, 1024, 256, 128, 1, 0), (1000, 200, 96, 32, 1, 1), (77, 264, 256, 64, 0, 1),
+               (300, 136, 192, 64, 1, 1),
+               (1, 128, 64, 64, 1, 0)]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("m, n, k, group, asym, bias", KRES_SHAPES,
+                         ids=[f"{m}x{n}x{k}g{g}" for m, n, k, g, _, _ in KRES_SHAPES])
+def test_wgmma_resident_slab_every_config(dtype, m, n, k, group, asym, bias):
+    """cuda_wgmma_kres, every config: K a multiple of 64 and not (96: a half panel), ragged N and
+    M (a CTA with fewer tiles than MT, one with a single tile), bias or not."""
+    chosen = K.impl("cuda_wgmma_kres")
+    _skip_unless_here(chosen)
+    shape = {"M": m, "N": n, "K": k, "group": group, "asym": asym, "with_bias": bias}
+    for values in itertools.product(*chosen.space.values()):
+        config = dict(zip(chosen.space, values))
+        assert chosen.valid(config, shape, dtype, gpu.running().spec) is None, config
+        v = verify.verify(K, chosen, config, shape, dtype, "cuda", seed=m + k)
+        assert v.ok, f"{config} {shape} {dtype}: {v}"
+
+
 @pytest.mark.parametrize("m", [1, 16, 77])
 def test_split_k_over_a_cluster(m):
     """K = 640: 10 k-tiles at WARPS_K 1 (SPLIT 4: 3 + 3 + 3 + 1), 5 at WARPS_K 2 (SPLIT 4:
@@ -71,18 +94,20 @@ def test_split_k_over_a_cluster(m):
     check_split_k(K, {"M": m, "N": 200, "K": 640, "group": 64, "asym": 1, "with_bias": 1})
 
 
-@pytest.mark.parametrize("impl, m", [("cuda", 1), ("cuda", 16), ("cuda", 300), ("cuda_wgmma", 300)])
+@pytest.mark.parametrize("impl, m", [("cuda", 1), ("cuda", 16), ("cuda", 300), ("cuda_wgmma", 300),
+                                     ("cuda_wgmma_kres", 3000)])
 def test_chained_calls_in_a_graph(impl, m):
     """GEMMs chained through their outputs in one CUDA graph: the CUDA kernels fetch their weight
     before waiting for the one ahead (programmatic dependent launch, sm_90+), their x after."""
-    shape = {"M": m, "N": 2048, "K": 2048, "group": 128, "asym": 1, "with_bias": 1}
+    nk = 256 if impl == "cuda_wgmma_kres" else 2048   # that kernel takes K <= 256
+    shape = {"M": m, "N": nk, "K": nk, "group": 128, "asym": 1, "with_bias": 1}
     chosen = K.impl(impl)
     _skip_unless_here(chosen)
     gen = torch.Generator(device="cuda").manual_seed(m)
     check_chain_in_graph(K, impl, shape, K.make_inputs(shape, torch.float16, "cuda", gen))
 
 
-@pytest.mark.parametrize("impl", ["cuda", "cuda_wgmma", "triton"])
+@pytest.mark.parametrize("impl", ["cuda", "cuda_wgmma", "cuda_wgmma_kres", "triton"])
 def test_offsets_past_2_to_the_31(impl):
     """y has 2^31 + 2^21 elements: its row offsets need 64 bits."""
     m, n, k = (1 << 20) + 1, 2048, 64

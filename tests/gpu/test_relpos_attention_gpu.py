@@ -4,6 +4,8 @@ T from 1 to 2000 and odd, every head dim and dtype, all three position forms (ES
 legacy, plain), ragged lengths with an empty sequence, chunk masks, a sample of the config space,
 plain attention against SDPA, and a batch whose element offsets pass 2^31."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -94,6 +96,39 @@ def test_sample_of_the_config_space(impl, rel, dtype):
     count = 24 if impl == "triton" else 12
     for i, config in enumerate(random_valid_configs(K.impl(impl), shape, count=count, dtype=dtype)):
         _check(impl, shape, dtype, config, seed=i)
+
+
+def _every_config(impl, shape, dtype, keep):
+    """Every config of ``impl`` that ``keep`` selects and its rule accepts, each against the
+    float64 reference (fresh inputs per config)."""
+    chosen, _ = _taken(impl, shape, dtype)
+    spec = gpu.running().spec
+    every = [dict(zip(chosen.space, v)) for v in itertools.product(*chosen.space.values())]
+    configs = [c for c in every if keep(c) and chosen.valid(c, shape, dtype, spec) is None]
+    if not configs:
+        pytest.skip(f"{impl}: no such valid config at {shape}")
+    for i, config in enumerate(configs):
+        _check(impl, shape, dtype, config, seed=i)
+
+
+@pytest.mark.parametrize("t, chunk, left, dtype", [(1, 0, -1, "float16"), (77, 0, -1, "float16"),
+                                                   (333, 16, 2, "float16"), (333, 0, -1, "bfloat16"),
+                                                   (1000, 0, -1, "float16")])
+@pytest.mark.parametrize("dk", [32, 64, 128])
+@pytest.mark.parametrize("impl", ["cuda", "cuda_wgmma"])
+def test_register_skew_every_config(impl, dk, t, chunk, left, dtype):
+    """SKEW 1 (the ESPnet band skewed by lane shuffles; cuda carries each m16 tile's last two
+    band tiles to the next block, and with MT 2 a warp's two m16 tiles share every B fragment):
+    every valid config, T not a multiple of any block, chunk masks, ragged lengths with an
+    empty sequence."""
+    _every_config(impl, _shape(t=t, dk=dk, chunk=chunk, left=left), dtype, lambda c: c["SKEW"])
+
+
+@pytest.mark.parametrize("rel", [0, 2])
+@pytest.mark.parametrize("dk", [32, 64, 128])
+def test_two_m16_tiles_per_warp_every_config(dk, rel):
+    """cuda's MT 2 in the plain and WeNet forms (no band): every valid config."""
+    _every_config("cuda", _shape(t=333, dk=dk, rel=rel), "float16", lambda c: c["MT"] == 2)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
