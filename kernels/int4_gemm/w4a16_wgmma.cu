@@ -10,7 +10,7 @@
 // BT = 64); BK = 64; the cp.async pipeline of gemm_tiles.cuh (gt_pipeline, its stage made
 // visible to the async proxy) with STAGES stages; each stage is dequantised (16 registers per
 // thread), issued as 4 BT / N wgmma, and waited for before its slot is refilled. Epilogue: bias
-// in fp32, the tile transposed through shared memory, 16-byte stores.
+// in fp32, the tile transposed into shared memory by stmatrix, 16-byte stores.
 // MT token tiles per CTA (MT 1: one): the CTA runs the pipeline over its MT tiles' k-tiles in
 // one sequence, so the loads of tile i + 1 are in flight while tile i's epilogue runs, and a
 // small K (the Conformer FFN's 256: four stages) is no longer mostly pipeline fill; with
@@ -33,7 +33,7 @@ constexpr int NI = BT / INS;
 #define S_BYTES (SG * BN * 2)
 #define Z_BYTES (ASYM ? SG * BN : 0)
 #define W_BYTES (A_BYTES + S_BYTES + Z_BYTES)
-#define EPI_LD (BN + 8)  // halves; the fragment writes then fall in distinct banks
+#define EPI_LD (BN + 8)  // halves; the eight 16-byte rows of an stmatrix tile fall in distinct banks
 #define EPI_BYTES (BT * EPI_LD * 2)
 
 static_assert(BT % INS == 0 && (WG == 1 || WG == 2), "tile");
@@ -41,6 +41,61 @@ static_assert(BT % INS == 0 && (WG == 1 || WG == 2), "tile");
 #define EPI_AT (MT > 1 ? RING_BYTES : 0)  // the epilogue tile's offset
 static_assert((MT > 1 ? RING_BYTES + EPI_BYTES : RING_BYTES > EPI_BYTES ? RING_BYTES : EPI_BYTES) + 1024 <= SMEM,
               "tiles exceed SMEM");
+
+// One thread's share of a tile that every stage reloads: ROWS rows of RB bytes in 16-byte chunks,
+// chunk i (row i / (RB / 16)) copied by thread i % THREADS. THREADS being a multiple of the
+// chunks per row, a thread keeps its chunk column q and its rows r0, r0 + RS, ... at every stage,
+// so its shared-memory offsets are constants of the slot (in the 128-byte swizzle too: RS is a
+// multiple of 8) and its source is one pointer, set once per tile, plus the stage's column; a
+// stage only checks the rows' and the columns' limits. (Generic per-stage address arithmetic was
+// most of this kernel's instructions: an H100 profile of 2026-12-07 counted 15.2 M warp
+// instructions at the FFN shape against cuBLAS's 2.2 M, 57 % of them integer.)
+template <int ROWS, int RB, bool SWZ>
+struct Share {
+  static constexpr int PER_ROW = RB / 16, RS = THREADS / PER_ROW, N = (ROWS + RS - 1) / RS;
+  static_assert(THREADS % PER_ROW == 0 && (!SWZ || RS % 8 == 0), "rows of the share");
+  const char* src;  // this thread's first chunk, column 0
+  int step;         // bytes from row r0 to r0 + RS
+  int r0, q16;      // the first row, and the chunk's byte in the row
+  unsigned dst;     // shared-memory address of the first chunk in slot 0
+
+  // a tile whose row 0 starts at ``origin``, rows ``stride`` bytes apart, in shared memory at
+  // ``base`` (slot 0)
+  __device__ __forceinline__ Share(const char* origin, int stride, unsigned base)
+      : r0(threadIdx.x / PER_ROW), q16(threadIdx.x % PER_ROW * 16) {
+    src = origin + (ct_i64)r0 * stride + q16;
+    step = RS * stride;
+    dst = base + r0 * RB + (SWZ ? (q16 / 16) ^ (r0 % 8) : q16 / 16) * 16;
+  }
+  // rows [0, rows) and bytes [0, bytes) of the tile at byte ``col`` of its rows, into the slot at
+  // ``slot_at`` bytes from slot 0; the rest zero-filled (reading nothing, from ``safe``, a valid
+  // address of the tensor)
+  __device__ __forceinline__ void load(unsigned slot_at, ct_i64 col, int rows, int bytes, const void* safe) const {
+    const bool in = q16 < bytes;
+    const char* s = src + col;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      if (ROWS % RS == 0 || r0 + j * RS < ROWS) {
+        const bool ok = in && r0 + j * RS < rows;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + slot_at + j * RS * RB),
+                     "l"(ok ? s : safe), "r"(ok ? 16 : 0));
+      }
+      s += step;
+    }
+  }
+};
+
+__device__ __forceinline__ unsigned w4_pack(float lo, float hi) {
+  return ct_bits<unsigned>(gt_v2{ct_from_float<ct_t>(lo), ct_from_float<ct_t>(hi)});
+}
+
+// Four 8x8 tiles of 16-bit values, each stored transposed: lane l gives row l % 8 of tile l / 8
+// (its shared-memory address), and its registers r[i] hold row g, columns 2t, 2t + 1 of tile i.
+__device__ __forceinline__ void w4_stmatrix_x4_trans(void* p, unsigned r0, unsigned r1, unsigned r2, unsigned r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(gt_smem(p)),
+               "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
 
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS)
 w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
@@ -65,25 +120,34 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
   // next stage dequantises into the other (kept live by wg_keep until its MMAs are waited for)
   unsigned a0[4][4] = {}, a1[4][4] = {};
   int step = 0;
-  auto flat = [](int, int q) { return q; };
-  auto load_w = [&](int slot, int kt) {
-    char* st = ws + slot * W_BYTES;
-    const int k0 = kt * BK, g0 = k0 / GROUP;
-    gt_load_tile<BN / 2, 64, 16, THREADS>(st, reinterpret_cast<const char*>(qweight) + (ct_i64)(n0 / 2) * kp + k0,
-                                          kp, np / 2 - n0 / 2, kp - k0, flat);
-    gt_load_tile<SG, BN * 2, 16, THREADS>(st + A_BYTES, reinterpret_cast<const char*>(scales + (ct_i64)g0 * np + n0),
-                                          2 * (ct_i64)np, groups - g0, 2 * (np - n0), flat);
-#if ASYM
-    gt_load_tile<SG, BN, 16, THREADS>(st + A_BYTES + S_BYTES, reinterpret_cast<const char*>(zeros + (ct_i64)g0 * np + n0),
-                                      np, groups - g0, np - n0, flat);
-#endif
+  // The pipeline asks for the steps in order, each once (weights first, then x, for each): step
+  // s is k-tile s % KT of token tile s / KT, followed by counters rather than divisions.
+  const unsigned ws_at = gt_smem(ws), xs_at = gt_smem(xs);
+  const Share<BN / 2, 64, false> share_q(reinterpret_cast<const char*>(qweight) + (ct_i64)(n0 / 2) * kp, kp, ws_at);
+  const Share<SG, BN * 2, false> share_s(reinterpret_cast<const char*>(scales + n0), 2 * np, ws_at + A_BYTES);
+  const Share<SG, BN, false> share_z(reinterpret_cast<const char*>(zeros + n0), np, ws_at + A_BYTES + S_BYTES);
+  int w_kt = 0;
+  auto load_w = [&](int slot, int) {
+    const unsigned at = slot * W_BYTES;
+    const int k0 = w_kt * BK, g0 = k0 / GROUP;
+    share_q.load(at, k0, np / 2 - n0 / 2, kp - k0, qweight);
+    share_s.load(at, 2 * (ct_i64)g0 * np, groups - g0, 2 * (np - n0), scales);
+    if constexpr (ASYM) share_z.load(at, (ct_i64)g0 * np, groups - g0, np - n0, zeros);
+    if (++w_kt == KT) w_kt = 0;
   };
-  auto load_x = [&](int slot, int s) {   // step s: k-tile s % KT of token tile s / KT
-    const int m0 = m_first + s / KT * BT, kt = s % KT;
-    gt_load_tile<BT, 128, 16, THREADS>(xs + slot * X_BYTES,
-                                       reinterpret_cast<const char*>(x + (ct_i64)m0 * K + kt * BK),
-                                       2 * (ct_i64)K, M - m0, 2 * (K - kt * BK), gt_swz<128>);
+  int x_kt = 0, x_m0 = m_first;
+  Share<BT, 128, true> share_x(reinterpret_cast<const char*>(x + (ct_i64)m_first * K), 2 * K, xs_at);
+  auto load_x = [&](int slot, int) {
+    share_x.load(slot * X_BYTES, x_kt * 128, M - x_m0, 2 * (K - x_kt * BK), x);
+    if (++x_kt == KT) {   // the next token tile
+      x_kt = 0;
+      x_m0 += BT;
+      share_x.src += (ct_i64)BT * 2 * K;
+    }
   };
+  // the descriptor of x's stage 0; a slot, k16 step and token block add their offset / 16 to its
+  // start address (bits 0-13: shared memory is under 256 KB, so the sum never carries out)
+  const unsigned long long x_desc = wg_desc(gt_smem(xs));
 
   auto stage = [&](int slot, unsigned (&a)[4][4], unsigned (&other)[4][4]) {
     const char* st = ws + slot * W_BYTES;
@@ -98,15 +162,12 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
       if (GROUP == 32 && kk == 2) q = w4_group<BN, ASYM>(ss, sz, 1, warp * 16 + g);  // second 32 of K
       w4_dequant(a[kk], w[kk], q);
     }
-    const unsigned xb = gt_smem(xs + slot * X_BYTES);
+    const unsigned long long xd = x_desc + ((slot * X_BYTES) >> 4);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-      for (int j = 0; j < NI; ++j) {
-        const unsigned long long d = wg_desc(xb + j * INS * 128 + kk * 32);
-        wg_mma(acc[j], a[kk], d);
-      }
+      for (int j = 0; j < NI; ++j) wg_mma(acc[j], a[kk], xd + ((j * INS * 128 + kk * 32) >> 4));
     wg_commit();
     if constexpr (OVERLAP) {   // this stage's MMAs run on while the next one is fetched and dequantised
       wg_wait<1>();            // the previous stage's are done: its slot and A registers are free
@@ -120,33 +181,42 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
   // has waited for every MMA, and (MT 1) everyone is done reading the stages
   auto epilogue = [&](int m0) {
     ct_t* out = reinterpret_cast<ct_t*>(smem + EPI_AT);
-    // y^T fragments: rows r and r + 8 (weights), tokens j INS + 8 i + 2 t and + 1
+    // y^T fragments: weight rows r and r + 8, tokens j INS + 8 i + 2 t and + 1; stored transposed
+    // by stmatrix, two token blocks (i, i + 1) x (rows r, r + 8) per x4: lane l addresses token
+    // row l % 8 of block i + l / 16, weight columns 16 warp + 8 (l / 8 % 2) ..
     const int r = warp * 16 + g;
     const float blo = BIAS && n0 + r < N ? ct_to_float(bias[n0 + r]) : 0.f;
     const float bhi = BIAS && n0 + r + 8 < N ? ct_to_float(bias[n0 + r + 8]) : 0.f;
+    auto yv = [](float v, float b) { return BIAS ? v + b : v; };   // no add of 0 without bias
+    ct_t* lane_out = out + (8 * (lane / 16) + lane % 8) * EPI_LD + warp * 16 + 8 * (lane / 8 % 2);
 #pragma unroll
     for (int j = 0; j < NI; ++j)
 #pragma unroll
-      for (int i = 0; i < INS / 8; ++i) {
-        const int m = j * INS + 8 * i + 2 * t;
-        out[m * EPI_LD + r] = ct_from_float<ct_t>(acc[j][4 * i] + blo);
-        out[(m + 1) * EPI_LD + r] = ct_from_float<ct_t>(acc[j][4 * i + 1] + blo);
-        out[m * EPI_LD + r + 8] = ct_from_float<ct_t>(acc[j][4 * i + 2] + bhi);
-        out[(m + 1) * EPI_LD + r + 8] = ct_from_float<ct_t>(acc[j][4 * i + 3] + bhi);
+      for (int i = 0; i < INS / 8; i += 2) {
+        const float* c = acc[j] + 4 * i;
+        w4_stmatrix_x4_trans(lane_out + (j * INS + 8 * i) * EPI_LD, w4_pack(yv(c[0], blo), yv(c[1], blo)),
+                             w4_pack(yv(c[2], bhi), yv(c[3], bhi)), w4_pack(yv(c[4], blo), yv(c[5], blo)),
+                             w4_pack(yv(c[6], bhi), yv(c[7], bhi)));
       }
     __syncthreads();
-    for (int c = threadIdx.x; c < BT * BN / 8; c += THREADS) {
-      const int m = c / (BN / 8), n = (c % (BN / 8)) * 8;
-      const int gm = m0 + m, gn = n0 + n;
-      if (gm >= M || gn >= N) continue;
-      const ct_vec<ct_t, 8> v = *reinterpret_cast<const ct_vec<ct_t, 8>*>(out + m * EPI_LD + n);
-      ct_t* dst = y + (ct_i64)gm * N + gn;
-      if (N % 8 == 0) {  // then gn + 8 <= N, and the row start is 16-byte aligned
-        *reinterpret_cast<ct_vec<ct_t, 8>*>(dst) = v;
-      } else {
+    // 16-byte chunks: a thread keeps its column n and takes rows m_lane, m_lane + RSTEP, ...
+    constexpr int CPR = BN / 8, RSTEP = THREADS / CPR;
+    static_assert(THREADS % CPR == 0 && BT % RSTEP == 0, "epilogue chunks");
+    const int n = threadIdx.x % CPR * 8, m_lane = threadIdx.x / CPR, gn = n0 + n;
+    if (gn < N) {
+      const ct_t* src = out + m_lane * EPI_LD + n;
+      ct_t* dst = y + (ct_i64)(m0 + m_lane) * N + gn;
 #pragma unroll
-        for (int e = 0; e < 8; ++e)
-          if (gn + e < N) dst[e] = v.v[e];
+      for (int i = 0; i < BT / RSTEP; ++i, src += RSTEP * EPI_LD, dst += (ct_i64)RSTEP * N) {
+        if (m0 + m_lane + i * RSTEP >= M) break;
+        const ct_vec<ct_t, 8> v = *reinterpret_cast<const ct_vec<ct_t, 8>*>(src);
+        if (N % 8 == 0) {  // then gn + 8 <= N, and the row start is 16-byte aligned
+          *reinterpret_cast<ct_vec<ct_t, 8>*>(dst) = v;
+        } else {
+#pragma unroll
+          for (int e = 0; e < 8; ++e)
+            if (gn + e < N) dst[e] = v.v[e];
+        }
       }
     }
   };
@@ -171,6 +241,5 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
     m_tile += BT;
   };
 
-  gt_pipeline<STAGES, true, OVERLAP>(tiles * KT, [&](int slot, int s) { load_w(slot, s % KT); },
-                                     load_x, compute);
+  gt_pipeline<STAGES, true, OVERLAP>(tiles * KT, load_w, load_x, compute);
 }
