@@ -20,7 +20,7 @@ Implementations:
   per CTA; the same pipeline, PDL and weight-first prologue as ``cuda``.
 * ``cuda_wgmma_kres`` (sm_90 only, K <= 256, large M): the CTA's whole weight slab (128 rows x
   K) dequantised once into registers; token tiles of all of K stream past it (x only), each
-  tile's wgmma overlapping the previous tile's epilogue. Not yet run on a GPU (docs/gemms.md).
+  tile's wgmma overlapping the previous tile's epilogue (docs/gemms.md).
 * ``triton``: per K step, the x tile as it lies and the packed words dequantised in registers
   into natural-k weight tiles, one ``tl.dot`` per half of the N tile (rows n and n + 8).
 * ``triton_splitk``: the same with K split over SPLIT_K programs and a reduction launch.
@@ -146,19 +146,18 @@ def _wgmma_valid(config, shape, dtype, gpu):
 
 
 def _wgmma_heuristic(shape, dtype, gpu):
-    """Large M (a grid of 128 x 128 tiles that covers the SMs), from the sweep of BENCHMARKS.md
-    (H100, fourth session of 2026-12-07): at K <= 256 four token tiles of 128 per CTA in one
-    pipeline of 2 stages (16000x1024x256: 30.97 us against 32.66 for one tile and 4 stages); at
-    larger K one tile of 256 tokens and the deepest pipeline that fits (16000x256x1024: 23.67
-    against 25.41). Otherwise 64 tokens, and the deepest pipeline that leaves room for two CTAs
-    per SM."""
+    """Large M (a grid of 128 x 128 tiles that covers the SMs), from the sweeps of BENCHMARKS.md
+    (H100, 2026-12-07, fifth session, WG 2): at K <= 256 four token tiles of 128 per CTA in one
+    pipeline of 3 stages (16000x1024x256: 24.30 us against 26.62 with 2 stages); at larger K one
+    tile of 256 tokens and the deepest pipeline that fits (16000x256x1024: 5 stages, 20.38).
+    Otherwise 64 tokens, and the deepest pipeline that leaves room for two CTAs per SM."""
     m, n, k = shape["M"], shape["N"], shape["K"]
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
     per_block = gpu.smem_per_block if gpu else 2 * tiles.DEFAULT_SMEM
     wg = 2 if n > 64 else 1
     if m > 64 and -(-m // 128) * -(-n // 128) >= sms:
         if k <= 256:
-            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 2, "OVERLAP": 0}
+            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0}
         config = {"WG": wg, "BT": 256, "MT": 1, "OVERLAP": 0}
         for stages in (5, 4, 3, 2):
             config["STAGES"] = stages
@@ -232,14 +231,16 @@ def _kres_valid(config, shape, dtype, gpu):
 
 
 def _kres_heuristic(shape, dtype, gpu):
-    """128-token tiles, two x buffers, and as many tiles per CTA as fill the SMs once with
-    one CTA each (not yet measured)."""
+    """64-token tiles, three x buffers, and as many tiles per CTA as fill the SMs once with one
+    CTA each: at 16000x1024x256 on an H100 that is MT 16, the fastest of the 16 configs (19.97 us
+    against cuBLAS's 21.83; BT 128 MT 8 with 2 buffers 21.60) — BENCHMARKS.md, H100,
+    2026-12-07, fifth session."""
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
     ctas_n = -(-shape["N"] // 128)
     for mt in KRES_SPACE["MT"]:
-        if -(-shape["M"] // (128 * mt)) * ctas_n <= sms:
+        if -(-shape["M"] // (64 * mt)) * ctas_n <= sms:
             break
-    return {"BT": 128, "MT": mt, "BUFS": 2}
+    return {"BT": 64, "MT": mt, "BUFS": 3}
 
 
 CUDA_WGMMA_KRES = Impl(

@@ -25,16 +25,16 @@ Implementations:
   back shifted, only a warp barrier between; ``SKEW`` 0) or in registers by quad shuffles
   (``SKEW`` 1, which MT 2 needs in the ESPnet form); the rows of p in a ring that each key block
   tops up with BN new rows. A programmatic dependent launch on sm_90+ (it waits before its
-  first read). MT 2 and SKEW 1 have not yet run on a GPU (2026-12-07: no machine could be
-  started): the heuristic picks neither, and the tuner checks every candidate against the
-  reference before it can win; with MT 1 and SKEW 0, every config the kernel had before them
-  compiles to the same SASS as before (sm_80 and sm_90, all head dims, forms, chunk and packed).
+  first read). On an H100 (2026-12-07) every valid MT 2 and SKEW 1 config passed the reference
+  checks, and MT 2 + SKEW 1 with 32-key blocks is the fastest config at d_k 64 (the heuristic's
+  choice there; BENCHMARKS.md).
 * ``cuda_wgmma`` (``relpos_attn_wgmma.cu``, sm_90 only, compiled for sm_90a; d_k 64 and 128):
   Hopper's warpgroup MMA, 64 query rows per warpgroup, K, p and V read by the tensor cores from
   shared memory once per warpgroup (V transposed by the MMA), the band of position scores
   m64 x (BN + 64) skewed through each warp's shared-memory rows as in ``cuda``; ``CARRY`` keeps
-  the band's last n64 piece in registers for the next key block; ``SKEW`` 1 (not yet run on a
-  GPU; it spills at d_k 64 with 128-key blocks) skews in registers as ``cuda`` does. The same
+  the band's last n64 piece in registers for the next key block; ``SKEW`` 1 (it spills at d_k 64
+  with 128-key blocks; correct on an H100 in every valid config) skews in registers as ``cuda``
+  does. The same
   launch and masks.
   Measured on an H100 (2026-12-07): correct at d_k 128 and at d_k 64 with 128-key blocks, wrong
   at d_k 64 with 64-key blocks (refused), and slower than ``cuda`` where timed.
@@ -189,12 +189,21 @@ def _cuda_valid(config, shape, dtype, gpu):
 
 
 def _cuda_heuristic(shape, dtype, gpu):
-    """64 queries (4 warps) per CTA, 64 keys per block (32 at d_k 128, for registers), two
-    stages; smaller where the sequence or the shared memory is."""
+    """At d_k 64 in the ESPnet form, 32-key blocks with two m16 query tiles per warp (4 warps: 128
+    queries per CTA) and the band skewed in registers: the fastest of the 48 valid configs on an
+    H100 at B 32, H 4, both at T 500 (79.66 us, against 93.63 for the previous default below)
+    and at T 2000 (1070.46 us; 8 warps 1055.07; previous default 1275.23) — BENCHMARKS.md, H100,
+    2026-12-07, fifth session. Elsewhere (not swept with MT and SKEW): 64 queries (4 warps) per
+    CTA, 64 keys per block (32 at d_k 128, for registers), two stages; smaller where the
+    sequence or the shared memory is."""
+    firsts = []
+    if shape["DK"] == 64 and shape["rel"] == 1:
+        firsts.append({"BN": 32, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 1})
     bn = 32 if shape["DK"] == 128 else 64
-    for config in ({"BN": bn, "WARPS": 4, "STAGES": 2}, {"BN": 32, "WARPS": 4, "STAGES": 2},
+    for config in (*firsts, {"BN": bn, "WARPS": 4, "STAGES": 2}, {"BN": 32, "WARPS": 4, "STAGES": 2},
                    {"BN": 32, "WARPS": 2, "STAGES": 2}, {"BN": 16, "WARPS": 2, "STAGES": 2}):
-        config.update(MT=1, SKEW=0)
+        config.setdefault("MT", 1)
+        config.setdefault("SKEW", 0)
         if _cuda_valid(config, shape, dtype, gpu) is None:
             return config
     return config
