@@ -170,11 +170,14 @@ struct GtShare {
   }
 
   // rows [0, rows) and bytes [0, bytes) of the tile whose row 0 starts at ``origin``, to ``at``;
-  // the rest zero-filled (reading nothing)
+  // the rest zero-filled (reading nothing) -- or, with SKIP, rows past ``rows`` left as they are
+  // (for rows that only ever meet output rows or columns that are not stored)
+  template <bool SKIP = false>
   __device__ __forceinline__ void load(char* at, const char* origin, int rows, int bytes) const {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      if (TOTAL % THREADS == 0 || j * THREADS + static_cast<int>(threadIdx.x) < TOTAL) {
+      if ((TOTAL % THREADS == 0 || j * THREADS + static_cast<int>(threadIdx.x) < TOTAL) &&
+          (!SKIP || row[j] < rows)) {
         const bool ok = row[j] < rows && col[j] < bytes;
         gt_cp_async<VEC>(at + dst[j], origin + (ok ? src[j] : 0), ok);
       }

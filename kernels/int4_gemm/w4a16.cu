@@ -63,7 +63,7 @@ w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
     const char* s_at = reinterpret_cast<const char*>(scales + (ct_i64)g0 * np + n0);
     const char* z_at = reinterpret_cast<const char*>(zeros + (ct_i64)g0 * np + n0);
     if constexpr (PER_GROUP) {
-      share_q.load(st, q_at + k0, np / 2 - n0 / 2, kp - k0);
+      share_q.template load<true>(st, q_at + k0, np / 2 - n0 / 2, kp - k0);  // rows past N: y not stored
       share_s.load(st + A_BYTES, s_at, groups - g0, 2 * (np - n0));
       if constexpr (ASYM) share_z.load(st + A_BYTES + S_BYTES, z_at, groups - g0, np - n0);
     } else {
@@ -75,7 +75,7 @@ w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
   };
   auto load_x = [&](int slot, int kt) {
     char* at = smem + slot * STAGE_BYTES + A_BYTES + S_BYTES + Z_BYTES;
-    if constexpr (PER_GROUP) share_x.load(at, x_at + 2 * kt * BK, M - m0, 2 * (K - kt * BK));
+    if constexpr (PER_GROUP) share_x.template load<true>(at, x_at + 2 * kt * BK, M - m0, 2 * (K - kt * BK));  // tokens past M
     else T::load_x<XVEC>(at, x, M, K, m0, kt * BK);
   };
 
