@@ -116,6 +116,15 @@ __device__ __forceinline__ void gt_mma(float (&c)[4], const unsigned (&a)[4], un
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// c = a b (the accumulator's input is zero: SASS reads RZ, nothing to clear first)
+__device__ __forceinline__ void gt_mma_first(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                             unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." GT_MMA_TYPE "." GT_MMA_TYPE
+               ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};\n"
+               : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
+}
+
 // Copy rows [0, ROWS) x bytes [0, RB) of a global tile (row r at src + r * stride) to shared
 // memory (row r at dst + r * RB, chunk q at swz(r, q)), VEC bytes per copy; rows >= rows_valid
 // and bytes >= bytes_valid are zero-filled. All THREADS threads of the CTA take part.
@@ -134,6 +143,47 @@ __device__ __forceinline__ void gt_load_tile(char* dst, const char* src, ct_i64 
     }
   }
 }
+
+// One thread's fixed share of a tile that every stage reloads: ROWS rows of RB bytes in VEC-byte
+// copies, copy i (row i / (RB / VEC)) by thread i % THREADS, as gt_load_tile does -- but each
+// copy's shared offset (swizzled), source offset, row and column are computed once, so a stage
+// only adds its slot and its tile's origin and checks the rows' and columns' limits. (Redoing
+// that arithmetic at every stage was about a third of w4a16_gemm's small-M loop: 115 of its 319
+// SASS instructions per stage, sm_90, M = 1.)
+template <int ROWS, int RB, int VEC, int THREADS>
+struct GtShare {
+  static constexpr int PER_ROW = RB / VEC, TOTAL = ROWS * PER_ROW;
+  static constexpr int N = (TOTAL + THREADS - 1) / THREADS;
+  int dst[N], src[N], row[N], col[N];
+
+  // rows ``stride`` bytes apart in global memory; chunk q of row r at swz(r, q) in shared memory
+  template <typename Swz>
+  __device__ __forceinline__ GtShare(int stride, Swz swz) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const int i = j * THREADS + threadIdx.x, r = i / PER_ROW, byte = (i % PER_ROW) * VEC;
+      row[j] = r;
+      col[j] = byte;
+      dst[j] = r * RB + swz(r, byte / 16) * 16 + byte % 16;
+      src[j] = r * stride + byte;
+    }
+  }
+
+  // rows [0, rows) and bytes [0, bytes) of the tile whose row 0 starts at ``origin``, to ``at``;
+  // the rest zero-filled (reading nothing) -- or, with SKIP, rows past ``rows`` left as they are
+  // (for rows that only ever meet output rows or columns that are not stored)
+  template <bool SKIP = false>
+  __device__ __forceinline__ void load(char* at, const char* origin, int rows, int bytes) const {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      if ((TOTAL % THREADS == 0 || j * THREADS + static_cast<int>(threadIdx.x) < TOTAL) &&
+          (!SKIP || row[j] < rows)) {
+        const bool ok = row[j] < rows && col[j] < bytes;
+        gt_cp_async<VEC>(at + dst[j], origin + (ok ? src[j] : 0), ok);
+      }
+    }
+  }
+};
 
 // The cp.async pipeline: load_w(slot, kt) and load_x(slot, kt) fill a stage with its weight
 // and activation tiles, compute(slot) consumes one; STAGES - 1 stages are in flight while one

@@ -10,7 +10,8 @@ import torch
 import kernels
 from kernels import gpu, launch, verify
 from kernels.int4_gemm import dequantize, int4_linear, prepare
-from tests.gpu.sampling import check_chain_in_graph, check_random_configs, check_split_k
+from tests.gpu.sampling import (check_chain_in_graph, check_random_configs, check_split_k,
+                                random_valid_configs)
 
 pytestmark = pytest.mark.gpu
 K = kernels.get("int4_gemm")
@@ -47,6 +48,24 @@ def test_sample_of_cuda_configs(impl, m):
     chosen = K.impl(impl)
     _skip_unless_here(chosen)
     check_random_configs(K, impl, shape, seed=m)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("group, asym", [(32, 1), (64, 0), (128, 1)])
+@pytest.mark.parametrize("m", [1, 13])
+def test_small_m_scales_partial_sums_per_group(m, group, asym, dtype):
+    """cuda with at most two n8 token tiles per warp (WM <= 2) accumulates q - z per group and
+    scales the fp32 partial sums (w4a16.cu's PER_GROUP; fp16's odd nibbles by one fma): random
+    such configs, every group size (32: two groups in a warp's 64-wide slice), symmetric and
+    not, both dtypes, K = 640 (a ragged last stage for most WARPS_K), N = 200 (a ragged tile)."""
+    chosen = K.impl("cuda")
+    shape = {"M": m, "N": 200, "K": 640, "group": group, "asym": asym, "with_bias": 1}
+    configs = [c for c in random_valid_configs(chosen, shape, dtype, count=60, seed=m + group)
+               if c["WM"] <= 2][:10]
+    assert len(configs) >= 5, configs
+    for i, config in enumerate(configs):
+        v = verify.verify(K, chosen, config, shape, dtype, "cuda", seed=i)
+        assert v.ok, f"{config} {shape} {dtype}: {v}"
 
 
 @pytest.mark.parametrize("k", [64, 256, 640])
