@@ -11,7 +11,9 @@ Implementations:
 * ``cuda``: mma.sync m16n8k16 with the weight as the A operand (16 rows) and the tokens as B
   (8 columns), nibbles dequantised in registers two at a time (magic-number conversion), a
   cp.async pipeline, and warps splitting K inside the CTA — one kernel for GEMV-like small M
-  and compute-bound large M. A programmatic dependent launch on sm_90+: it requests its first
+  and compute-bound large M. With at most two token tiles per warp (WM <= 2) the tensor cores
+  take q - z unscaled into per-group fp32 partial sums that are scaled once per group, and each
+  thread's copies have fixed offsets (docs/gemms.md). A programmatic dependent launch on sm_90+: it requests its first
   stages of ``qweight``, ``scales`` and ``zeros`` before waiting for the kernel ahead of it, so
   that kernel must not write them (engine constants it is not; :func:`prepare` synchronises).
 * ``cuda_wgmma`` (sm_90 only, for large M): Hopper's warpgroup MMA (compiled for sm_90a), the
