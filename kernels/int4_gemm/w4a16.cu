@@ -61,7 +61,7 @@ w4a16_gemm(const ct_t* __restrict__ x, const int* __restrict__ qweight,
     char* st = smem + slot * STAGE_BYTES;
     const int k0 = kt * BK, g0 = k0 / GROUP;
     const char* s_at = reinterpret_cast<const char*>(scales + (ct_i64)g0 * np + n0);
-    const char* z_at = reinterpret_cast<const char*>(zeros + (ct_i64)g0 * np + n0);
+    const char* z_at = ASYM ? reinterpret_cast<const char*>(zeros + (ct_i64)g0 * np + n0) : nullptr;  // no zeros when symmetric
     if constexpr (PER_GROUP) {
       share_q.template load<true>(st, q_at + k0, np / 2 - n0 / 2, kp - k0);  // rows past N: y not stored
       share_s.load(st + A_BYTES, s_at, groups - g0, 2 * (np - n0));
