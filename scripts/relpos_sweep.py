@@ -1,13 +1,13 @@
 """The rel-pos attention's CUDA implementations over their whole config spaces on a GPU, beside the
 Triton kernel's default config and SDPA without relative positions (the speed of light of the
-same q.k^T and P.v), at issue 5's shape: B=32, H=4, d_k=64, fp16, full lengths.
+same q.k^T and P.v), at issue 5's shape: B=32, H=4, d_k=64 (or --dk), fp16, full lengths.
 
 Every config is first checked against the float64 reference (B=4, ragged lengths with an empty
 sequence, poisoned output; a wrong one is reported and never timed), then timed as CUDA-graph
 replays over rotated input sets larger than the L2 (kernels.timing.bench_graph, median).
 Compiles run in parallel processes first (NVRTC's disk cache then serves the timing process).
 
-    python3 scripts/relpos_sweep.py [--T 500 2000] [--rel 1] [--top 8] [--impl cuda cuda_wgmma]
+    python3 scripts/relpos_sweep.py [--T 500 2000] [--rel 1] [--dk 64] [--top 8] [--impl cuda cuda_wgmma]
 """
 import argparse
 import itertools
@@ -24,8 +24,8 @@ from kernels import gpu as gpus
 K = kernels.get("relpos_attention")
 
 
-def _shape(t, rel, b=32):
-    return {"B": b, "T": t, "H": 4, "DK": 64, "chunk": 0, "left_chunks": -1, "packed": 0, "rel": rel}
+def _shape(t, rel, dk, b=32):
+    return {"B": b, "T": t, "H": 4, "DK": dk, "chunk": 0, "left_chunks": -1, "packed": 0, "rel": rel}
 
 
 def _configs(impl, shape, spec):
@@ -44,19 +44,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=int, nargs="+", default=[500, 2000])
     ap.add_argument("--rel", type=int, default=1, choices=(0, 1, 2))
+    ap.add_argument("--dk", type=int, default=64, choices=(32, 64, 128))
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--impl", nargs="+", default=["cuda", "cuda_wgmma"])
     args = ap.parse_args()
     spec = gpus.running().spec
     cudas = [K.impl(name) for name in args.impl if K.impl(name).runs_on(spec)]
     triton_impl = K.impl("triton")
-    jobs = [(impl.name, c, _shape(t, args.rel), spec.arch) for t in args.T for impl in cudas
-            for c in _configs(impl, _shape(t, args.rel), spec)]
+    jobs = [(impl.name, c, _shape(t, args.rel, args.dk), spec.arch) for t in args.T for impl in cudas
+            for c in _configs(impl, _shape(t, args.rel, args.dk), spec)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         list(tqdm(pool.map(_compile, jobs), total=len(jobs), desc="compile"))
     failed = []
     for t in args.T:
-        shape = _shape(t, args.rel)
+        shape = _shape(t, args.rel, args.dk)
         cost = K.cost(shape, "float16")
         gen = torch.Generator(device="cuda").manual_seed(0)
         sets = [K.make_inputs(shape, torch.float16, "cuda", gen)
@@ -79,13 +80,13 @@ def main():
                     continue
                 rows.append((per_call(impl, config), impl.name, config))
         rows.sort(key=lambda r: r[0])
-        heads = lambda s: [s[n].view(32, t, 4, 64).transpose(1, 2) for n in ("q", "k", "v")]  # noqa: E731
+        heads = lambda s: [s[n].view(32, t, 4, args.dk).transpose(1, 2) for n in ("q", "k", "v")]  # noqa: E731
         sdpa = timing.bench_graph([lambda s=s: torch.nn.functional.scaled_dot_product_attention(*heads(s))
                                    for s in sets], reps=15).median_us
         tri_config = launch.default_config(K, triton_impl, shape, "float16")
         tri = per_call(triton_impl, tri_config)
         tflops = lambda us: cost.flops / (us * 1e-6) / 1e12   # noqa: E731
-        print(f"relpos_attention rel={args.rel} B32 H4 dk64 T={t}: {len(rows)} CUDA configs; "
+        print(f"relpos_attention rel={args.rel} B32 H4 dk{args.dk} T={t}: {len(rows)} CUDA configs; "
               f"SDPA (no rel-pos) {sdpa:.2f} us; triton {tri_config} {tri:.2f} us", flush=True)
         for impl in cudas:
             default = launch.default_config(K, impl, shape, "float16")
