@@ -278,19 +278,20 @@ def test_register_skew_needs_no_shared_band(arch):
     cuda = K.impl("cuda")
     shape = _shape(b=32, t=500, h=4, dk=64)
     base = {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1}
+    configs = {"shared": {**base, "SKEW": 0}, "registers": {**base, "SKEW": 1},
+               "heuristic": cuda.heuristic(shape, "float16", None)}
+    assert configs["heuristic"]["SKEW"] == 1
     smem = {}
-    for skew, config in ((0, {**base, "SKEW": 0}), (1, {**base, "SKEW": 1}),
-                         (2, cuda.heuristic(shape, "float16", None))):
-        assert config["SKEW"] == bool(skew)
+    for name, config in configs.items():
         assert cuda.valid(config, shape, "float16", None) is None
-        smem[skew] = contract.resolved_constants(K, cuda, config, shape, "float16")["SMEM"]
+        smem[name] = contract.resolved_constants(K, cuda, config, shape, "float16")["SMEM"]
         sass = sass_of("relpos_attention", "cuda", config, shape, arch=arch)
         stores = len(re.findall(r"\bSTS(\.\w+)*\s", sass))
         usage = sass_of("relpos_attention", "cuda", config, shape, arch=arch, flag="-res-usage")
         assert re.search(r"LOCAL:0\b", usage) and re.search(r"STACK:0\b", usage), usage
-        if skew:
+        if config["SKEW"]:
             assert stores == 2 and sass.count("SHFL.IDX") >= 32, (stores, sass.count("SHFL.IDX"))
         else:
             assert stores > 2
-    assert smem[1] <= smem[0] and smem[2] <= smem[0]
+    assert smem["registers"] <= smem["shared"] and smem["heuristic"] <= smem["shared"]
     assert "no band" in cuda.valid({**base, "SKEW": 1}, {**shape, "rel": 0}, "float16", None)
