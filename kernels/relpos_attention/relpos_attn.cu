@@ -75,6 +75,42 @@ __device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 str
   }
 }
 
+// load_rows<ROWS> for the key blocks' loads, with each thread's share of the copies fixed (copy
+// i: row i / CH, chunk i % CH, by thread i % THREADS; THREADS being a multiple of CH, a thread
+// keeps its chunk q and takes rows r0, r0 + RS, ...): its source offset and shared offsets are
+// computed once, so a block only adds its rows' origin and its slot and checks the rows' limits.
+// A row's swizzle is that of its row in the block as long as ``slot`` and ``wrap`` are multiples
+// of 8 (they are: BN, BM and the ring are multiples of 16), and repeats every RS rows when RS is
+// a multiple of 8 (then one shared offset is kept, else one per copy). (load_rows' loop, not
+// unrolled and redoing the division, the wrap and the swizzle per copy, was about a third of
+// the key-block loop's SASS: 1537 -> 1060 instructions per block at MT 2, BN 32, d_k 64, sm_90.)
+template <int ROWS, int STRIDE>
+struct RowShare {
+  static constexpr int RS = THREADS / CH, N = (ROWS + RS - 1) / RS, ND = RS % 8 == 0 ? 1 : N;
+  static_assert(THREADS % CH == 0, "a thread's copies share their chunk");
+  int r0, src0, dst[ND];
+
+  __device__ __forceinline__ RowShare() : r0(threadIdx.x / CH), src0(r0 * STRIDE + threadIdx.x % CH * 8) {
+#pragma unroll
+    for (int j = 0; j < ND; ++j) dst[j] = at(r0 + j * RS, threadIdx.x % CH);
+  }
+
+  // as load_rows(tile, src_base, STRIDE, first, limit, slot, wrap)
+  __device__ __forceinline__ void load(char* tile, const ct_t* src_base, int first, int limit, int slot = 0,
+                                       int wrap = ROWS) const {
+    const ct_t* from = src_base + static_cast<ct_i64>(first) * STRIDE + src0;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const int r = r0 + j * RS;   // row in the block
+      if (ROWS % RS == 0 || r < ROWS) {
+        const bool ok = first + r >= 0 && first + r < limit;
+        const int d = (ND == 1 ? dst[0] + j * RS * RB : dst[j]) + (slot + r >= wrap ? slot - wrap : slot) * RB;
+        gt_cp_async<16>(tile + d, ok ? from + j * RS * STRIDE : src_base, ok);
+      }
+    }
+  }
+};
+
 // The A fragments of the warp's MT m16 tiles (rows 16 (MT w + m) ..) of a Q tile: a[m][ks].
 __device__ __forceinline__ void a_frags(unsigned (&a)[MT][KS][4], const char* tile, int w, int lane) {
 #pragma unroll
@@ -165,12 +201,14 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   int lo;   // key window of the block as a whole (rows narrow it further below)
   const int n_blocks = attn_key_blocks<BN, CHUNK, LEFT>(i0, BM, length, lo);
 
+  const RowShare<BN, QS> kv_share;
+  const RowShare<BN, HD> p_share;
   auto issue = [&](int block) {
     if (block < n_blocks) {
       char* st = smem + (block % STAGES) * KV_BYTES;
       const int j0 = lo + block * BN;
-      load_rows<BN>(st, kh, QS, j0, T);
-      load_rows<BN>(st + BN * RB, vh, QS, j0, T);
+      kv_share.load(st, kh, j0, T);
+      kv_share.load(st + BN * RB, vh, j0, T);
       if constexpr (REL != 0) {   // global row of p of window row 0, and the window's ring row
         const int first = REL == 1 ? T - i0 - BM + j0 : j0, limit = REL == 1 ? 2 * T - 1 : T;
         const int slot = block * BN % PRING_;
@@ -178,7 +216,7 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
           load_rows<PWIN>(s_p, ph, HD, first, limit, 0, PRING);
         } else {
           const int tail = slot + POV >= PRING ? slot + POV - PRING : slot + POV;
-          load_rows<BN>(s_p, ph, HD, first + POV, limit, tail, PRING);
+          p_share.load(s_p, ph, first + POV, limit, tail, PRING);
         }
       }
     }
