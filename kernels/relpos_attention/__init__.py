@@ -26,8 +26,7 @@ Implementations:
   (``SKEW`` 1, which MT 2 needs in the ESPnet form); the rows of p in a ring that each key block
   tops up with BN new rows. A programmatic dependent launch on sm_90+ (it waits before its
   first read). On an H100 (2026-12-07) every valid MT 2 and SKEW 1 config passed the reference
-  checks, and MT 2 + SKEW 1 with 32-key blocks is the fastest config at d_k 64 (the heuristic's
-  choice there; BENCHMARKS.md).
+  checks; the heuristic takes the fastest config swept per form and head dim (BENCHMARKS.md).
 * ``cuda_wgmma`` (``relpos_attn_wgmma.cu``, sm_90 only, compiled for sm_90a; d_k 64 and 128):
   Hopper's warpgroup MMA, 64 query rows per warpgroup, K, p and V read by the tensor cores from
   shared memory once per warpgroup (V transposed by the MMA), the band of position scores
@@ -188,17 +187,26 @@ def _cuda_valid(config, shape, dtype, gpu):
     return None
 
 
+# The fastest config of each (rel, d_k) swept on an H100 at B 32, H 4, fp16, T 500 and T 2000
+# (scripts/relpos_sweep.py; BENCHMARKS.md, H100, 2026-12-07, sixth session), at both lengths
+# within 1.1 % of the best: rel 1 (ESPnet) takes 64-key blocks with the band skewed in registers,
+# rel 0 (no positions) and rel 2 (WeNet's unshifted band) two m16 query tiles per warp.
+_CUDA_MEASURED = {
+    (1, 32): {"BN": 64, "WARPS": 8, "STAGES": 2, "MT": 1, "SKEW": 1},    # 42.88 / 580.40 us
+    (1, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1, "SKEW": 1},    # 64.80 / 870.14 us
+    (1, 128): {"BN": 64, "WARPS": 8, "STAGES": 2, "MT": 1, "SKEW": 1},   # 126.48 / 1549.34 us
+    (0, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 39.26 / 498.62 us
+    (2, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 52.92 / 653.25 us
+}
+
+
 def _cuda_heuristic(shape, dtype, gpu):
-    """At d_k 64 in the ESPnet form, 32-key blocks with two m16 query tiles per warp (4 warps: 128
-    queries per CTA) and the band skewed in registers: the fastest of the 48 valid configs on an
-    H100 at B 32, H 4, both at T 500 (79.66 us, against 93.63 for the previous default below)
-    and at T 2000 (1070.46 us; 8 warps 1055.07; previous default 1275.23) — BENCHMARKS.md, H100,
-    2026-12-07, fifth session. Elsewhere (not swept with MT and SKEW): 64 queries (4 warps) per
-    CTA, 64 keys per block (32 at d_k 128, for registers), two stages; smaller where the
-    sequence or the shared memory is."""
-    firsts = []
-    if shape["DK"] == 64 and shape["rel"] == 1:
-        firsts.append({"BN": 32, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 1})
+    """The measured winner of the shape's form and head dim (_CUDA_MEASURED) where it is valid;
+    else (unswept forms, short sequences, small shared memory) 64 queries (4 warps) per CTA, 64
+    keys per block (32 at d_k 128, for registers), two stages, smaller where the sequence or the
+    shared memory is."""
+    firsts = [dict(_CUDA_MEASURED[shape["rel"], shape["DK"]])] \
+        if (shape["rel"], shape["DK"]) in _CUDA_MEASURED else []
     bn = 32 if shape["DK"] == 128 else 64
     for config in (*firsts, {"BN": bn, "WARPS": 4, "STAGES": 2}, {"BN": 32, "WARPS": 4, "STAGES": 2},
                    {"BN": 32, "WARPS": 2, "STAGES": 2}, {"BN": 16, "WARPS": 2, "STAGES": 2}):
