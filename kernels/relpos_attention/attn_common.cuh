@@ -96,10 +96,16 @@ __device__ __forceinline__ void attn_row_windows(int (&lo)[2], int (&hi)[2], int
   }
 }
 
-// One key block (keys j0 + [0, 8 NT)) of the online softmax, in base 2: the raw scores s are
-// scaled (``scale`` includes log2 e), masked outside each row's window (where ``masked``),
-// turned into unnormalised probabilities, and the running max m, sum l and output o (OT n8
-// tiles) are rescaled. m starts finite (-1e30), so a fully masked row yields zeros, never NaN.
+// One key block (keys j0 + [0, 8 NT)) of the online softmax, in base 2: the raw scores s,
+// masked outside each row's window (where ``masked``), become unnormalised probabilities
+// exp2(scale (s - m)) (``scale`` > 0 includes log2 e: one fma per score, the running max m kept
+// unscaled), and the running sum l and output o (OT n8 tiles) are rescaled only where some row
+// of the warp has a max more than RESCALE_LOG2 (in base 2) above its m: else m stays, the
+// block's probabilities are at most 2^RESCALE_LOG2 (256, well inside fp16 and bf16), and o and
+// l need no multiply (a lazy rescale: the final o / l is the same whatever m the block used, up
+// to rounding). m starts finite (-1e30), so a fully masked row yields zeros, never NaN; its
+// first unmasked block always rescales.
+#define RESCALE_LOG2 8.0f
 template <int NT, int OT>
 __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m)[2], float (&l)[2],
                                                    float (&o)[4 * OT], int j0, const int (&lo)[2],
@@ -111,29 +117,35 @@ __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int half = e / 2, j = j0 + 8 * nt + 2 * t + e % 2;
-      float v = s[4 * nt + e] * scale;
-      if (masked && (j < lo[half] || j >= hi[half])) v = NEG_INF;
-      s[4 * nt + e] = v;
-      mx[half] = fmaxf(mx[half], v);
+      if (masked && (j < lo[half] || j >= hi[half])) s[4 * nt + e] = NEG_INF;
+      mx[half] = fmaxf(mx[half], s[4 * nt + e]);
     }
   }
-  float alpha[2];
+  bool grow = false;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
     mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
-    const float m_new = fmaxf(m[half], mx[half]);
-    alpha[half] = exp2f(m[half] - m_new);
-    m[half] = m_new;
-    l[half] *= alpha[half];
+    grow |= (mx[half] - m[half]) * scale > RESCALE_LOG2;
   }
+  if (__any_sync(0xffffffffu, grow)) {
+    float alpha[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float m_new = fmaxf(m[half], mx[half]);
+      alpha[half] = exp2f((m[half] - m_new) * scale);
+      m[half] = m_new;
+      l[half] *= alpha[half];
+    }
+#pragma unroll
+    for (int i = 0; i < 4 * OT; ++i) o[i] *= alpha[(i % 4) / 2];
+  }
+  const float bias[2] = {-m[0] * scale, -m[1] * scale};
 #pragma unroll
   for (int i = 0; i < 4 * NT; ++i) {
-    s[i] = exp2f(s[i] - m[(i % 4) / 2]);
+    s[i] = exp2f(fmaf(s[i], scale, bias[(i % 4) / 2]));
     l[(i % 4) / 2] += s[i];
   }
-#pragma unroll
-  for (int i = 0; i < 4 * OT; ++i) o[i] *= alpha[(i % 4) / 2];
 }
 
 // The ESPnet form's skew in registers: s[4 nt + 2 hf + e] += the band value at row g + 8 hf,
@@ -144,7 +156,7 @@ __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m
 // t < beta (+ eps): each lane offers the value its destination needs, one shuffle per element.
 // No shared memory and no barrier, where storing the band and reading it back skewed (ESPnet's
 // pad-and-reshape as addressing) costs a round trip through shared memory per block.
-template <int NT, int NBT, int A0, int A1>
+template <int NT, int NBT, int A0, int A1, bool SET = false>   // SET: s = the band's value
 __device__ __forceinline__ void attn_skew_add(float (&s)[4 * NT], const float (&band)[4 * NBT], int lane) {
   static_assert(NT + (A0 > A1 ? A0 : A1) < NBT, "the band is narrower than the shift needs");
   const int t = lane % 4, sig = 7 - lane / 4, beta = sig >> 1, eps = sig & 1;
@@ -158,8 +170,9 @@ __device__ __forceinline__ void attn_skew_add(float (&s)[4 * NT], const float (&
       const float* hi = lo + 4;
       const float v0 = wrap0 ? (eps ? hi[1] : hi[0]) : (eps ? lo[1] : lo[0]);
       const float v1 = wrap1 ? (eps ? hi[0] : hi[1]) : (eps ? lo[0] : lo[1]);
-      s[4 * nt + 2 * hf] += __shfl_sync(0xffffffffu, v0, src0);
-      s[4 * nt + 2 * hf + 1] += __shfl_sync(0xffffffffu, v1, src1);
+      const float b0 = __shfl_sync(0xffffffffu, v0, src0), b1 = __shfl_sync(0xffffffffu, v1, src1);
+      s[4 * nt + 2 * hf] = SET ? b0 : s[4 * nt + 2 * hf] + b0;
+      s[4 * nt + 2 * hf + 1] = SET ? b1 : s[4 * nt + 2 * hf + 1] + b1;
     }
   }
 }

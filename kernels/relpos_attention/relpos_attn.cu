@@ -95,10 +95,20 @@ struct RowShare {
     for (int j = 0; j < ND; ++j) dst[j] = at(r0 + j * RS, threadIdx.x % CH);
   }
 
-  // as load_rows(tile, src_base, STRIDE, first, limit, slot, wrap)
+  // as load_rows(tile, src_base, STRIDE, first, limit, slot, wrap). Where every row is inside
+  // [0, limit) and the slots do not wrap (a uniform branch: all but the edge blocks), the copies
+  // need no check and take their offsets from one source and one shared address as immediates.
   __device__ __forceinline__ void load(char* tile, const ct_t* src_base, int first, int limit, int slot = 0,
                                        int wrap = ROWS) const {
     const ct_t* from = src_base + static_cast<ct_i64>(first) * STRIDE + src0;
+    if (first >= 0 && first + ROWS <= limit && slot + ROWS <= wrap) {
+      char* to = tile + slot * RB;
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        if (ROWS % RS == 0 || r0 + j * RS < ROWS)
+          gt_cp_async<16>(to + (ND == 1 ? dst[0] + j * RS * RB : dst[j]), from + j * RS * STRIDE, true);
+      return;
+    }
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const int r = r0 + j * RS;   // row in the block
@@ -122,12 +132,14 @@ __device__ __forceinline__ void a_frags(unsigned (&a)[MT][KS][4], const char* ti
 }
 
 // The B fragments (two n8 tiles) of rows row0 + [0, 16) of a [row][dim] tile (K or p), k16
-// step ks, rows taken modulo ``wrap`` (row0 < wrap).
+// step ks, rows taken modulo ``wrap`` (row0 < wrap). row0 and wrap are multiples of 8, so the
+// lane's row is 8-row group r8 (wrapped as a whole), row lane % 8 in it, whose swizzle is that of
+// row lane % 8: at(r8 + lane % 8, q) = r8 RB + at(lane % 8, q), the second term fixed per lane.
 __device__ __forceinline__ void b_frags(unsigned (&b)[4], const char* tile, int row0, int ks, int lane,
                                         int wrap) {
-  int r = row0 + 8 * (lane / 16) + lane % 8;
-  r = r >= wrap ? r - wrap : r;
-  gt_ldmatrix_x4(b, tile + at(r, 2 * ks + (lane / 8) % 2));
+  int r8 = row0 + 8 * (lane / 16);
+  r8 = r8 >= wrap ? r8 - wrap : r8;
+  gt_ldmatrix_x4(b, tile + r8 * RB + at(lane % 8, 2 * ks + (lane / 8) % 2));
 }
 
 // acc[m][nt] += a[m] . B^T for NT n8 tiles of B rows row0 + 8 nt (rows of K or p: [key][dim]),
@@ -287,7 +299,7 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
       }
 #pragma unroll
       for (int m = 0; m < MT; ++m)
-        attn_skew_add<BN / 8, NB, 1, 0>(reinterpret_cast<float (&)[BN / 2]>(s[m]),
+        attn_skew_add<BN / 8, NB, 1, 0, true>(reinterpret_cast<float (&)[BN / 2]>(s[m]),
                                         reinterpret_cast<const float (&)[4 * NB]>(band_r[m]), lane);
     } else if (REL == 1) {   // MT 1
       float band[1][NB][4];
