@@ -189,14 +189,14 @@ def _cuda_valid(config, shape, dtype, gpu):
 
 # The fastest config of each (rel, d_k) swept on an H100 at B 32, H 4, fp16, T 500 and T 2000
 # (scripts/relpos_sweep.py; BENCHMARKS.md, H100, 2026-12-07, sixth session), at both lengths
-# within 1.1 % of the best: rel 1 (ESPnet) takes 64-key blocks with the band skewed in registers,
+# within 2.5 % of the best: rel 1 (ESPnet) takes 64-key blocks with the band skewed in registers,
 # rel 0 (no positions) and rel 2 (WeNet's unshifted band) two m16 query tiles per warp.
 _CUDA_MEASURED = {
-    (1, 32): {"BN": 64, "WARPS": 8, "STAGES": 2, "MT": 1, "SKEW": 1},    # 42.88 / 580.40 us
-    (1, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1, "SKEW": 1},    # 64.80 / 870.14 us
-    (1, 128): {"BN": 64, "WARPS": 8, "STAGES": 2, "MT": 1, "SKEW": 1},   # 126.48 / 1549.34 us
-    (0, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 39.26 / 498.62 us
-    (2, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 52.92 / 653.25 us
+    (1, 32): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1, "SKEW": 1},    # 40.14 / 534.12 us
+    (1, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1, "SKEW": 1},    # 62.14 / 791.22 us
+    (1, 128): {"BN": 64, "WARPS": 8, "STAGES": 2, "MT": 1, "SKEW": 1},   # 122.40 / 1489.25 us
+    (0, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 38.66 / 464.12 us
+    (2, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 51.96 / 612.35 us
 }
 
 
