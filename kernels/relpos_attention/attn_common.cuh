@@ -104,9 +104,10 @@ __device__ __forceinline__ void attn_row_windows(int (&lo)[2], int (&hi)[2], int
 // block's probabilities are at most 2^RESCALE_LOG2 (256, well inside fp16 and bf16), and o and
 // l need no multiply (a lazy rescale: the final o / l is the same whatever m the block used, up
 // to rounding). m starts finite (-1e30), so a fully masked row yields zeros, never NaN; its
-// first unmasked block always rescales.
+// first unmasked block always rescales. Without SUM, l is left alone: the caller sums the
+// probabilities itself (as the last of o's tiles, rescaled with it).
 #define RESCALE_LOG2 8.0f
-template <int NT, int OT>
+template <int NT, int OT, bool SUM = true>
 __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m)[2], float (&l)[2],
                                                    float (&o)[4 * OT], int j0, const int (&lo)[2],
                                                    const int (&hi)[2], bool masked, float scale,
@@ -135,7 +136,7 @@ __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m
       const float m_new = fmaxf(m[half], mx[half]);
       alpha[half] = exp2f((m[half] - m_new) * scale);
       m[half] = m_new;
-      l[half] *= alpha[half];
+      if (SUM) l[half] *= alpha[half];
     }
 #pragma unroll
     for (int i = 0; i < 4 * OT; ++i) o[i] *= alpha[(i % 4) / 2];
@@ -144,7 +145,7 @@ __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m
 #pragma unroll
   for (int i = 0; i < 4 * NT; ++i) {
     s[i] = exp2f(fmaf(s[i], scale, bias[(i % 4) / 2]));
-    l[(i % 4) / 2] += s[i];
+    if (SUM) l[(i % 4) / 2] += s[i];
   }
 }
 
@@ -188,16 +189,19 @@ __device__ __forceinline__ void attn_p_frag(unsigned (&a)[4], const float (&s)[N
 }
 
 // The lane's two output rows i and i + 8 of ``out`` (row stride HD elements, from o_off):
-// o / l, or zeros for rows at or past ``length`` and rows that attended to no key.
-template <int OT>
+// o / l, or zeros for rows at or past ``length`` and rows that attended to no key. l_part: the
+// lane's share of each row's sum (QUAD: summed over the quad here) or the whole sum.
+template <int OT, bool QUAD = true>
 __device__ __forceinline__ void attn_store_rows(ct_t* out, ct_i64 o_off, int hd, const float (&o)[4 * OT],
                                                 const float (&l_part)[2], int i, int T, int length,
                                                 int t) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     float l = l_part[half];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (QUAD) {
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+    }
     const int row = i + 8 * half;
     if (row >= T) continue;
     const bool ok = row < length && l > 0.0f;

@@ -164,12 +164,12 @@ __device__ __forceinline__ void qk(float (&acc)[M][NT][4], const unsigned (&a)[M
 }
 
 // The register band (SKEW): m16 tile m's n8 tiles j of the warp's band are the window's tiles
-// 2 (MT - 1 - m) + j; all NB of them (FIRST), or j >= 2 (the others are carried). prow: ring
-// row of the warp's band tile 0.
-template <bool FIRST>
+// 2 (MT - 1 - m) + j; those with LO <= j < HI are added to ``band`` (block 0's first two before
+// the loop, then each block's j >= 2: the others are carried). prow: ring row of the warp's band
+// tile 0.
+template <int LO, int HI>
 __device__ __forceinline__ void band_mma(float (&band)[MT][NB][4], const unsigned (&a)[MT][KS][4],
                                          const char* s_p, int prow, int lane) {
-  constexpr int LO = FIRST ? 0 : 2;
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
 #pragma unroll
@@ -178,7 +178,7 @@ __device__ __forceinline__ void band_mma(float (&band)[MT][NB][4], const unsigne
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         const int j = i - 2 * (MT - 1 - m);
-        used |= j >= LO && j < NB;
+        used |= j >= LO && j < HI;
       }
       if (!used) continue;
       unsigned b[4];
@@ -186,7 +186,7 @@ __device__ __forceinline__ void band_mma(float (&band)[MT][NB][4], const unsigne
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         const int j = i - 2 * (MT - 1 - m);
-        if (j >= LO && j < NB) {
+        if (j >= LO && j < HI) {
           gt_mma(band[m][j], a[m][ks], b[0], b[1]);
           gt_mma(band[m][j + 1], a[m][ks], b[2], b[3]);
         }
@@ -242,10 +242,21 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
                                            REL ? pos_u + h * HEAD_DIM : pos_u,
                                            REL ? pos_v + h * HEAD_DIM : pos_v,
                                            [](int r, int c) { return at(r, c); });
+  if (REL == 1 && SKEW) gt_cp_wait<STAGES - 2>();   // block 0's window of p is in (below)
   __syncthreads();
   unsigned a_u[MT][KS][4], a_v[MT][KS][4];
   a_frags(a_u, s_qu, w, lane);
   if (REL) a_frags(a_v, s_qv, w, lane);
+  // SKEW: block 0's first two band tiles, which later blocks carry over from the block before,
+  // so that the loop has no branch for block 0 (garbage, unused, when there is no block)
+  float band_r[MT][NB][4];   // the band, its last two tiles carried
+  if constexpr (REL == 1 && SKEW) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) band_r[m][nt][0] = band_r[m][nt][1] = band_r[m][nt][2] = band_r[m][nt][3] = 0.0f;
+    band_mma<0, 2>(band_r, a_v, s_p, BM - 16 * MT * (w + 1), lane);
+  }
 
   // the two query rows of this lane in each m16 tile, and their key windows
   const int row0 = i0 + 16 * MT * w + g;
@@ -253,17 +264,16 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 #pragma unroll
   for (int m = 0; m < MT; ++m) attn_row_windows<CHUNK, LEFT>(row_lo[m], row_hi[m], row0 + 16 * m, length);
   const float qk_scale = 1.4426950408889634f * rsqrtf(static_cast<float>(HEAD_DIM));   // softmax in base 2
-  float m_i[MT][2], l_i[MT][2];   // m finite: no NaN when masked
-  float o[MT][HEAD_DIM / 8][4];
+  constexpr int OT = HEAD_DIM / 8 + 1;   // o's n8 tiles, the last the rows' sums of P (below)
+  float m_i[MT][2];   // m finite: no NaN when masked
+  float o[MT][OT][4];
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     m_i[m][0] = m_i[m][1] = -1.0e30f;
-    l_i[m][0] = l_i[m][1] = 0.0f;
 #pragma unroll
-    for (int nd = 0; nd < HEAD_DIM / 8; ++nd) o[m][nd][0] = o[m][nd][1] = o[m][nd][2] = o[m][nd][3] = 0.0f;
+    for (int nd = 0; nd < OT; ++nd) o[m][nd][0] = o[m][nd][1] = o[m][nd][2] = o[m][nd][3] = 0.0f;
   }
   float* band_w = s_band + w * 16 * SB;   // written only after the loop's first CTA barrier
-  float band_r[MT][NB][4];                  // SKEW: the band, its last two tiles carried
 
   for (int block = 0; block < n_blocks; ++block) {
     issue(block + STAGES - 1);
@@ -289,18 +299,20 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 #pragma unroll
         for (int nt = 0; nt < NB; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) band_r[m][nt][e] = nt < 2 && block ? band_r[m][NB - 2 + nt][e] : 0.0f;
+          for (int e = 0; e < 4; ++e) band_r[m][nt][e] = nt < 2 ? band_r[m][nt][e] : 0.0f;
         }
       }
-      if (block == 0) {
-        band_mma<true>(band_r, a_v, s_p, prow, lane);
-      } else {
-        band_mma<false>(band_r, a_v, s_p, prow, lane);
-      }
+      band_mma<2, NB>(band_r, a_v, s_p, prow, lane);
 #pragma unroll
       for (int m = 0; m < MT; ++m)
         attn_skew_add<BN / 8, NB, 1, 0, true>(reinterpret_cast<float (&)[BN / 2]>(s[m]),
                                         reinterpret_cast<const float (&)[4 * NB]>(band_r[m]), lane);
+#pragma unroll
+      for (int m = 0; m < MT; ++m)   // the next block's first two tiles
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) band_r[m][nt][e] = band_r[m][NB - 2 + nt][e];
     } else if (REL == 1) {   // MT 1
       float band[1][NB][4];
 #pragma unroll
@@ -336,10 +348,13 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     const bool masked = CHUNK > 0 || j0 + BN > length;
 #pragma unroll
     for (int m = 0; m < MT; ++m)
-      attn_softmax_block<BN / 8, HEAD_DIM / 8>(reinterpret_cast<float (&)[BN / 2]>(s[m]), m_i[m], l_i[m],
-                                               reinterpret_cast<float (&)[HEAD_DIM / 2]>(o[m]), j0,
-                                               row_lo[m], row_hi[m], masked, qk_scale, t);
-    // o += P . V: the C fragments of two n8 score tiles are the A fragment of one k16 step
+      attn_softmax_block<BN / 8, OT, false>(reinterpret_cast<float (&)[BN / 2]>(s[m]), m_i[m], m_i[m],
+                                            reinterpret_cast<float (&)[4 * OT]>(o[m]), j0,
+                                            row_lo[m], row_hi[m], masked, qk_scale, t);
+    // o += P . V: the C fragments of two n8 score tiles are the A fragment of one k16 step; P
+    // times a B of ones sums each row of P (its fp32 sums, every column alike, in o's last tile:
+    // one mma per k16 step instead of an add per probability and a quad reduction at the end)
+    constexpr unsigned ONES = CT_DTYPE == 0 ? 0x3C003C00u : 0x3F803F80u;   // 1.0 twice, fp16 / bf16
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       unsigned a[MT][4];
@@ -355,14 +370,18 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
           gt_mma(o[m][nd + 1], a[m], bv[2], bv[3]);
         }
       }
+#pragma unroll
+      for (int m = 0; m < MT; ++m) gt_mma(o[m][OT - 1], a[m], ONES, ONES);
     }
     __syncthreads();   // this stage is refilled by a later issue()
   }
   gt_cp_wait<0>();
 
 #pragma unroll
-  for (int m = 0; m < MT; ++m)
-    attn_store_rows<HEAD_DIM / 8>(out, static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM, HD,
-                                  reinterpret_cast<const float (&)[HEAD_DIM / 2]>(o[m]), l_i[m],
-                                  row0 + 16 * m, T, length, t);
+  for (int m = 0; m < MT; ++m) {
+    const float l[2] = {o[m][OT - 1][0], o[m][OT - 1][2]};
+    attn_store_rows<HEAD_DIM / 8, false>(out, static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM, HD,
+                                         reinterpret_cast<const float (&)[HEAD_DIM / 2]>(o[m]), l,
+                                         row0 + 16 * m, T, length, t);
+  }
 }
