@@ -190,13 +190,14 @@ def _cuda_valid(config, shape, dtype, gpu):
 # The fastest config of each (rel, d_k) swept on an H100 at B 32, H 4, fp16, T 500 and T 2000
 # (scripts/relpos_sweep.py; BENCHMARKS.md, H100, 2026-12-07, sixth session), at both lengths
 # within 2.5 % of the best: rel 1 (ESPnet) takes 64-key blocks with the band skewed in registers,
-# rel 0 (no positions) and rel 2 (WeNet's unshifted band) two m16 query tiles per warp.
+# rel 0 (no positions) and rel 2 (WeNet's unshifted band) two m16 query tiles per warp. The
+# figures: the heuristic's config at T 500 / T 2000, last measured on eae088a unless named.
 _CUDA_MEASURED = {
-    (1, 32): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1, "SKEW": 1},    # 40.14 / 534.12 us
-    (1, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1, "SKEW": 1},    # 62.14 / 791.22 us
-    (1, 128): {"BN": 64, "WARPS": 8, "STAGES": 2, "MT": 1, "SKEW": 1},   # 122.40 / 1489.25 us
-    (0, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 38.66 / 464.12 us
-    (2, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 51.96 / 612.35 us
+    (1, 32): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1, "SKEW": 1},    # 39.23 / 498.90 us
+    (1, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 1, "SKEW": 1},    # 62.03 / 780.66 us
+    (1, 128): {"BN": 64, "WARPS": 8, "STAGES": 2, "MT": 1, "SKEW": 1},   # 125.84 / 1525.41 us
+    (0, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 38.66 / 464.12 us (818b8ed)
+    (2, 64): {"BN": 64, "WARPS": 4, "STAGES": 2, "MT": 2, "SKEW": 0},    # 51.96 / 612.35 us (818b8ed)
 }
 
 
