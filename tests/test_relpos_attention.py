@@ -269,8 +269,8 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
 def test_register_skew_needs_no_shared_band(arch):
     """SKEW 1 (cuda): the ESPnet band is skewed by lane shuffles, so the kernel stores none of it
     in shared memory (the only shared stores left are q + u and q + v, staged once) and keeps it
-    all in registers without spilling, at issue 5's shape (one m16 tile per warp, and the
-    heuristic's two); its shared memory is never larger."""
+    all in registers without spilling, at issue 5's shape (with 64-key blocks of one m16 tile per
+    warp, and with the heuristic's config); its shared memory is never larger."""
     import re
 
     from tests.sass import sass_of
