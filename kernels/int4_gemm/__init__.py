@@ -177,7 +177,7 @@ def _wgmma_heuristic(shape, dtype, gpu):
 CUDA_WGMMA = Impl(
     name="cuda_wgmma",
     sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
-             HERE.parent / "wgmma.cuh", HERE / "w4a16_wgmma.cu"),
+             HERE.parent / "wgmma.cuh", HERE / "wgmma_tiles.cuh", HERE / "w4a16_wgmma.cu"),
     space=WGMMA_SPACE,
     launches=(Launch("w4a16_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG)", "1"),
                      _CUDA_ARGS,

@@ -5,10 +5,17 @@ x [M, K] (fp16/bf16); the weight is pruned (:func:`prune_24`) and compressed (:f
 once, into ``values`` (the kept half) and ``meta`` (2-bit positions) — ``packing.py`` states the
 format; fp32 accumulation. M is dynamic; N, K (a multiple of 4) and bias are static.
 
-One implementation, ``cuda``: mma.sp.sync m16n8k32 (sm_80+) with the weight as the sparse A
-operand, on the tiles of ``int4_gemm/gemm_tiles.cuh``; like int4_gemm's, a programmatic dependent
-launch that requests its first stages of ``values`` and ``meta`` before waiting for the kernel
-ahead of it. Triton has no sparse-MMA primitive (as of 3.9 neither ``tl.dot`` nor Gluon's MMA
+Implementations (both with the weight as the sparse A operand and, like int4_gemm's, a
+programmatic dependent launch that requests its first stages of ``values`` and ``meta`` before
+waiting for the kernel ahead of it):
+
+* ``cuda``: mma.sp.sync m16n8k32 (sm_80+) on the tiles of ``int4_gemm/gemm_tiles.cuh``;
+* ``cuda_wgmma`` (sm_90 only, for large M; K a multiple of 8): Hopper's sparse warpgroup MMA
+  (wgmma.mma_async.sp, compiled for sm_90a), the kept values put in registers by ldmatrix and x
+  read by the tensor cores from shared memory, on the tiles of ``int4_gemm/wgmma_tiles.cuh``
+  (int4_gemm's ``cuda_wgmma`` with another A operand).
+
+Triton has no sparse-MMA primitive (as of 3.9 neither ``tl.dot`` nor Gluon's MMA
 ops take metadata, and its compiler emits no ``mma.sp``), so there is no Triton path: see
 docs/gemms.md.
 """
@@ -20,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
-from ..int4_gemm import tiles
+from ..int4_gemm import WGMMA_SPACE, tiles
 from . import packing
 from .packing import compress, decompress, is_24, prune_24
 
@@ -61,6 +68,81 @@ CUDA = Impl(
     constants=_constants,
     valid=_valid,
     heuristic=lambda shape, dtype, gpu: tiles.heuristic(shape, gpu, _stage_bytes),
+)
+
+
+# ---- CUDA, Hopper sparse warpgroup MMA -----------------------------------------------------
+
+def _wgmma_smem(config) -> int:
+    """Dynamic shared memory of sparse24_wgmma.cu: the stages (x tile, kept values, metadata)
+    and the epilogue's transposed tile (in the stages' space when MT is 1), and 1024 bytes to
+    align the swizzle atoms."""
+    bn, bt = 64 * config["WG"], config["BT"]
+    ring = config["STAGES"] * (bt * 128 + bn * 64 + bn // 2 * 16)
+    epilogue = bt * (bn + 8) * 2
+    return (ring + epilogue if config["MT"] > 1 else max(ring, epilogue)) + 1024
+
+
+def _wgmma_registers(config) -> int:
+    """A rough count of live registers per thread: accumulators, the A set (9 registers, two
+    with OVERLAP), addressing."""
+    return config["BT"] // 2 + 9 * (1 + config["OVERLAP"]) + 48
+
+
+def _wgmma_constants(config, shape, dtype):
+    """MIN_CTAS: two CTAs per SM where the register estimate leaves each half the file."""
+    _checked(shape)
+    min_ctas = 2 if 128 * config["WG"] * _wgmma_registers(config) <= 32768 else 1
+    return {**config, "SMEM": _wgmma_smem(config), "MIN_CTAS": min_ctas, "BIAS": shape["with_bias"]}
+
+
+def _wgmma_valid(config, shape, dtype, gpu):
+    if shape["K"] % 8:
+        return f"K={shape['K']} is not a multiple of 8 (x rows are copied in 16-byte chunks)"
+    if not CUDA_WGMMA.runs_on(gpu):
+        return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
+    if config["OVERLAP"] and config["STAGES"] < 3:
+        return "OVERLAP needs 3 stages or more (one in the tensor cores, one loading, one ready)"
+    threads = 128 * config["WG"]
+    if _wgmma_registers(config) > min(255, 65536 // threads):
+        return f"about {_wgmma_registers(config)} registers per thread (limit {min(255, 65536 // threads)})"
+    smem = _wgmma_smem(config)
+    if smem > gpu.smem_per_block:
+        return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
+    return None
+
+
+def _wgmma_heuristic(shape, dtype, gpu):
+    """Not yet swept: int4_gemm's ``cuda_wgmma`` rule of thumb — 128 weight rows x 128 tokens,
+    several token tiles per CTA at a small K, else 256 tokens — with the deepest pipeline that
+    fits (x dominates a stage here too: 3/4 of it at BT 256)."""
+    sms = gpu.sms if gpu else tiles.DEFAULT_SMS
+    per_block = gpu.smem_per_block if gpu else 2 * tiles.DEFAULT_SMEM
+    wg = 2 if shape["N"] > 64 else 1
+    big = shape["M"] > 64 and -(-shape["M"] // 128) * -(-shape["N"] // (64 * wg)) >= sms
+    config = {"WG": wg, "BT": 128, "MT": 4, "OVERLAP": 0} if big and shape["K"] <= 256 else \
+        {"WG": wg, "BT": 256 if big else 64, "MT": 1, "OVERLAP": 0}
+    for stages in (5, 4, 3, 2):
+        config["STAGES"] = stages
+        if _wgmma_smem(config) <= per_block:
+            break
+    return config
+
+
+CUDA_WGMMA = Impl(
+    name="cuda_wgmma",
+    sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
+             HERE.parent / "wgmma.cuh", HERE.parent / "int4_gemm" / "wgmma_tiles.cuh",
+             HERE / "sparse24_wgmma.cu"),
+    space=WGMMA_SPACE,
+    launches=(Launch("sparse24_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG)", "1"),
+                     ("x", "values", "meta", "bias", "y", "M", "N", "K"),
+                     threads="128 * WG", smem="SMEM", pdl=True),),
+    constants=_wgmma_constants,
+    valid=_wgmma_valid,
+    heuristic=_wgmma_heuristic,
+    arch_suffix="a",
+    ccs=((9, 0),),
 )
 
 
@@ -114,7 +196,7 @@ KERNEL = Kernel(
              TensorSpec("y", ("M", "N"), role="out")),
     scalars={},
     dtypes=("float16", "bfloat16"),
-    impls=(CUDA,),
+    impls=(CUDA, CUDA_WGMMA),
     reference=_reference,
     baseline=_baseline,
     make_inputs=_make_inputs,
@@ -142,7 +224,7 @@ def prepare(w: torch.Tensor, prune: bool = False, dtype: torch.dtype | None = No
 
 
 def sparse24_linear(x: torch.Tensor, weight: Sparse24Weight, bias: torch.Tensor | None = None,
-                    config=None) -> torch.Tensor:
+                    impl: str = "cuda", config=None) -> torch.Tensor:
     """y = x · W^T (+ bias) for ``weight = prepare(W)``; x [..., K] contiguous, in the dtype of
     the weight's values; y [..., N]. Everything is checked before anything launches."""
-    return tiles.linear(KERNEL, x, weight, Sparse24Weight, {}, "cuda", config, bias)
+    return tiles.linear(KERNEL, x, weight, Sparse24Weight, {}, impl, config, bias)
