@@ -113,15 +113,19 @@ def _wgmma_valid(config, shape, dtype, gpu):
 
 
 def _wgmma_heuristic(shape, dtype, gpu):
-    """Not yet swept: int4_gemm's ``cuda_wgmma`` rule of thumb — 128 weight rows x 128 tokens,
-    several token tiles per CTA at a small K, else 256 tokens — with the deepest pipeline that
-    fits (x dominates a stage here too: 3/4 of it at BT 256)."""
+    """From the H100 sweeps of BENCHMARKS.md (2026-12-07, seventh session), 128 weight rows per
+    CTA where N allows: a grid of 128 x 128 tiles that covers the SMs takes, at K <= 256, four
+    token tiles of 128 per CTA in a pipeline of 3 stages (16000x1024x256: 22.30 us; 5 stages
+    26.61), else one tile of 256 tokens and 4 stages (4096³: 206.01; 16000x256x1024: 18.80).
+    A smaller grid: 64 tokens and the deepest pipeline that fits."""
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
     per_block = gpu.smem_per_block if gpu else 2 * tiles.DEFAULT_SMEM
     wg = 2 if shape["N"] > 64 else 1
-    big = shape["M"] > 64 and -(-shape["M"] // 128) * -(-shape["N"] // (64 * wg)) >= sms
-    config = {"WG": wg, "BT": 128, "MT": 4, "OVERLAP": 0} if big and shape["K"] <= 256 else \
-        {"WG": wg, "BT": 256 if big else 64, "MT": 1, "OVERLAP": 0}
+    if shape["M"] > 64 and -(-shape["M"] // 128) * -(-shape["N"] // (64 * wg)) >= sms:
+        if shape["K"] <= 256:
+            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0}
+        return {"WG": wg, "BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 0}
+    config = {"WG": wg, "BT": 64, "MT": 1, "OVERLAP": 0}
     for stages in (5, 4, 3, 2):
         config["STAGES"] = stages
         if _wgmma_smem(config) <= per_block:
