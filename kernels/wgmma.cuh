@@ -96,21 +96,23 @@ __device__ __forceinline__ void wg_mma(float (&d)[64], const unsigned (&a)[4], u
 // metadata word and SEL the sparsity selector (f16 / bf16: 0, threads 4g and 4g + 1 give it; 1,
 // threads 4g + 2 and 4g + 3: per warp, the metadata register of mma.sp m16n8k32 for its 16 rows
 // of m64 — PTX ISA, "Sparse wgmma.mma_async.sp with half-precision and .bf16 type"); b in shared
-// memory, N x 32 K-major.
+// memory, N x 32 K-major; d is overwritten where acc == 0.
 template <int SEL>
 __device__ __forceinline__ void wg_mma_sp(float (&d)[32], const unsigned (&a)[4], unsigned long long desc,
-                                          unsigned e) {
-  asm volatile("wgmma.mma_async.sp.sync.aligned.m64n64k32.f32." WG_TYPE "." WG_TYPE "\n" WG_D32_LIST
-               ",\n{%32, %33, %34, %35}, %36, %37, %38, 1, 1, 1, 0;\n"
+                                          unsigned e, int acc = 1) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %39, 0;\n"
+               "wgmma.mma_async.sp.sync.aligned.m64n64k32.f32." WG_TYPE "." WG_TYPE "\n" WG_D32_LIST
+               ",\n{%32, %33, %34, %35}, %36, %37, %38, p, 1, 1, 0;\n}\n"
                : WG_D32
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(e), "n"(SEL));
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(e), "n"(SEL), "r"(acc));
 }
 
 template <int SEL>
 __device__ __forceinline__ void wg_mma_sp(float (&d)[64], const unsigned (&a)[4], unsigned long long desc,
-                                          unsigned e) {
-  asm volatile("wgmma.mma_async.sp.sync.aligned.m64n128k32.f32." WG_TYPE "." WG_TYPE "\n" WG_D64_LIST
-               ",\n{%64, %65, %66, %67}, %68, %69, %70, 1, 1, 1, 0;\n"
+                                          unsigned e, int acc = 1) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %71, 0;\n"
+               "wgmma.mma_async.sp.sync.aligned.m64n128k32.f32." WG_TYPE "." WG_TYPE "\n" WG_D64_LIST
+               ",\n{%64, %65, %66, %67}, %68, %69, %70, p, 1, 1, 0;\n}\n"
                : WG_D64
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(e), "n"(SEL));
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(e), "n"(SEL), "r"(acc));
 }

@@ -248,7 +248,8 @@ def _kres_heuristic(shape, dtype, gpu):
 CUDA_WGMMA_KRES = Impl(
     name="cuda_wgmma_kres",
     sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
-             HERE.parent / "wgmma.cuh", HERE / "w4a16_wgmma_kres.cu"),
+             HERE.parent / "wgmma.cuh", HERE / "wgmma_tiles.cuh", HERE / "wgmma_kres.cuh",
+             HERE / "w4a16_wgmma_kres.cu"),
     space=KRES_SPACE,
     launches=(Launch("w4a16_wgmma_kres", ("cdiv(M, BT * MT)", "cdiv(N, 128)", "1"),
                      _CUDA_ARGS,

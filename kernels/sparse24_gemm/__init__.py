@@ -13,7 +13,10 @@ waiting for the kernel ahead of it):
 * ``cuda_wgmma`` (sm_90 only, for large M; K a multiple of 8): Hopper's sparse warpgroup MMA
   (wgmma.mma_async.sp, compiled for sm_90a), the kept values put in registers by ldmatrix and x
   read by the tensor cores from shared memory, on the tiles of ``int4_gemm/wgmma_tiles.cuh``
-  (int4_gemm's ``cuda_wgmma`` with another A operand).
+  (int4_gemm's ``cuda_wgmma`` with another A operand);
+* ``cuda_wgmma_kres`` (sm_90 only, K <= 256 and a multiple of 8, large M): the same MMA with the
+  CTA's whole weight slab (128 rows x K) in registers and token tiles streaming past it, on
+  ``int4_gemm/wgmma_kres.cuh`` (int4_gemm's ``cuda_wgmma_kres`` with another A operand).
 
 Triton has no sparse-MMA primitive (as of 3.9 neither ``tl.dot`` nor Gluon's MMA
 ops take metadata, and its compiler emits no ``mma.sp``), so there is no Triton path: see
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
-from ..int4_gemm import WGMMA_SPACE, tiles
+from ..int4_gemm import KRES_MAX_K, KRES_SPACE, WGMMA_SPACE, tiles
 from . import packing
 from .packing import compress, decompress, is_24, prune_24
 
@@ -150,6 +153,70 @@ CUDA_WGMMA = Impl(
 )
 
 
+# ---- CUDA, Hopper sparse warpgroup MMA with the weight slab resident (K <= 256) -------------
+
+def _kres_rows(shape) -> tuple[int, int]:
+    """(VP, KP): the values' row bytes (K rounded up to 64), and the x tile's row length (64,
+    128 or 256: its 16-byte chunks per row divide the CTA's 256 threads)."""
+    vp = -(-shape["K"] // 64) * 64
+    return vp, max(64, 1 << (vp - 1).bit_length())
+
+
+def _kres_smem(config, shape) -> int:
+    """x buffers of all of K, then the weight slab (values and metadata; prologue) or the
+    epilogue's tile in the same space, and 1024 bytes to align the swizzle atoms."""
+    vp, kp = _kres_rows(shape)
+    return config["BUFS"] * config["BT"] * kp * 2 + max(128 * vp + 64 * vp // 4, config["BT"] * 136 * 2) + 1024
+
+
+def _kres_constants(config, shape, dtype):
+    _checked(shape)
+    vp, kp = _kres_rows(shape)
+    return {**config, "KC": shape["K"], "VP": vp, "KP": kp, "SMEM": _kres_smem(config, shape),
+            "BIAS": shape["with_bias"]}
+
+
+def _kres_valid(config, shape, dtype, gpu):
+    if shape["K"] % 8:
+        return f"K={shape['K']} is not a multiple of 8 (x rows are copied in 16-byte chunks)"
+    if shape["K"] > KRES_MAX_K:
+        return f"K={shape['K']}: this kernel keeps all of K of its weight rows in registers (K <= {KRES_MAX_K})"
+    if not CUDA_WGMMA_KRES.runs_on(gpu):
+        return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
+    smem = _kres_smem(config, shape)
+    if smem > gpu.smem_per_block:
+        return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
+    return None
+
+
+def _kres_heuristic(shape, dtype, gpu):
+    """int4_gemm's: 64-token tiles, three x buffers, as many tiles per CTA as fill the SMs once
+    (not yet swept for this kernel)."""
+    sms = gpu.sms if gpu else tiles.DEFAULT_SMS
+    ctas_n = -(-shape["N"] // 128)
+    for mt in KRES_SPACE["MT"]:
+        if -(-shape["M"] // (64 * mt)) * ctas_n <= sms:
+            break
+    return {"BT": 64, "MT": mt, "BUFS": 3}
+
+
+CUDA_WGMMA_KRES = Impl(
+    name="cuda_wgmma_kres",
+    sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
+             HERE.parent / "wgmma.cuh", HERE.parent / "int4_gemm" / "wgmma_tiles.cuh",
+             HERE.parent / "int4_gemm" / "wgmma_kres.cuh", HERE / "sparse24_wgmma_kres.cu"),
+    space=KRES_SPACE,
+    launches=(Launch("sparse24_wgmma_kres", ("cdiv(M, BT * MT)", "cdiv(N, 128)", "1"),
+                     ("x", "values", "meta", "bias", "y", "M", "N", "K"),
+                     threads="256", smem="SMEM", pdl=True),),
+    constants=_kres_constants,
+    valid=_kres_valid,
+    heuristic=_kres_heuristic,
+    arch_suffix="a",
+    ccs=((9, 0),),
+)
+
+
 # ---- the declaration -----------------------------------------------------------------------
 
 def dense_weight(inputs, shape) -> torch.Tensor:
@@ -200,7 +267,7 @@ KERNEL = Kernel(
              TensorSpec("y", ("M", "N"), role="out")),
     scalars={},
     dtypes=("float16", "bfloat16"),
-    impls=(CUDA, CUDA_WGMMA),
+    impls=(CUDA, CUDA_WGMMA, CUDA_WGMMA_KRES),
     reference=_reference,
     baseline=_baseline,
     make_inputs=_make_inputs,

@@ -2,6 +2,8 @@
 not of 8 or 64, a sample of the config space, offsets past 2^31, the public function, and the
 kernel against cuSPARSELt on the same pruned weight; the same for ``cuda_wgmma`` (sm_90: K a
 multiple of 8) where the GPU has it."""
+import itertools
+
 import pytest
 import torch
 
@@ -55,6 +57,24 @@ def test_wgmma_sample_of_configs(m):
     ragged eighth), N = 200."""
     _wgmma()
     check_random_configs(K, "cuda_wgmma", {"M": m, "N": 200, "K": 456, "with_bias": 1}, count=16, seed=m)
+
+
+KRES_SHAPES = [(16000, 1024, 256, 1, "float16"), (1000, 200, 96, 1, "float16"),
+               (77, 264, 200, 0, "bfloat16"), (300, 136, 192, 1, "float16"), (1, 128, 64, 0, "float16")]
+
+
+@pytest.mark.parametrize("m, n, k, bias, dtype", KRES_SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k, _, _ in KRES_SHAPES])
+def test_wgmma_resident_slab_every_config(m, n, k, bias, dtype):
+    """cuda_wgmma_kres, every config: K a multiple of 64 and not (96: half a panel; 200: a
+    ragged k32 step), ragged N and M (a CTA with fewer tiles than MT, one with a single tile)."""
+    chosen = K.impl("cuda_wgmma_kres")
+    if not chosen.runs_on(gpu.running().spec):
+        pytest.skip(f"cuda_wgmma_kres does not run on {gpu.running().spec.name}")
+    shape = {"M": m, "N": n, "K": k, "with_bias": bias}
+    for i, values in enumerate(itertools.product(*chosen.space.values())):
+        config = dict(zip(chosen.space, values))
+        v = verify.verify(K, chosen, config, shape, dtype, "cuda", seed=i)
+        assert v.ok, f"{config} {shape} {dtype}: {v}"
 
 
 def test_wgmma_chained_calls_in_a_graph():
