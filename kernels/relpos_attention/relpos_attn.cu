@@ -182,6 +182,11 @@ __device__ __forceinline__ void band_mma(float (&band)[MT][NB][4], const unsigne
   }
 }
 
+template <bool B>
+struct IsFirst {
+  static constexpr bool value = B;
+};
+
 extern "C" __global__ void __launch_bounds__(THREADS)
 relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
                 const ct_t* __restrict__ vg, const ct_t* __restrict__ pg,
@@ -203,7 +208,8 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   const RowShare<BN, QS> kv_share;
   const RowShare<BN, HD> p_share;
   const RowShare<(PWIN > 0 ? PWIN : 1), HD> p0_share;   // block 0's whole window
-  auto issue = [&](int block) {
+  auto issue = [&](int block, auto is_first) {   // IsFirst<block == 0>: a type, so that only the
+                                                 // prologue's call holds block 0's copies
     if (block < n_blocks) {
       char* st = smem + (block % STAGES) * KV_BYTES;
       const int j0 = lo + block * BN;
@@ -212,7 +218,7 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
       if constexpr (REL != 0) {   // global row of p of window row 0, and the window's ring row
         const int first = REL == 1 ? T - i0 - BM + j0 : j0, limit = REL == 1 ? 2 * T - 1 : T;
         const int slot = block * BN % PRING_;
-        if (block == 0) {
+        if constexpr (decltype(is_first)::value) {
           p0_share.load(s_p, ph, first, limit, 0, PRING);
         } else {
           const int tail = slot + POV >= PRING ? slot + POV - PRING : slot + POV;
@@ -222,8 +228,9 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     }
     gt_cp_commit();
   };
+  issue(0, IsFirst<true>{});
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) issue(s);
+  for (int s = 1; s < STAGES - 1; ++s) issue(s, IsFirst<false>{});
 
   // q + u and q + v, rounded to the activation dtype, staged once
   attn_stage_q<BM, HEAD_DIM, THREADS, REL>(s_qu, s_qv, cta.q, QS, i0, T,
@@ -264,7 +271,7 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   float* band_w = s_band + w * 16 * SB;   // written only after the loop's first CTA barrier
 
   for (int block = 0; block < n_blocks; ++block) {
-    issue(block + STAGES - 1);
+    issue(block + STAGES - 1, IsFirst<false>{});
     gt_cp_wait<STAGES - 1>();
     __syncthreads();
     const char* st = smem + (block % STAGES) * KV_BYTES;
