@@ -115,8 +115,7 @@ __device__ __forceinline__ void attn_row_windows(int (&lo)[2], int (&hi)[2], int
 // block's probabilities are at most 2^RESCALE_LOG2 (256, well inside fp16 and bf16), and o and
 // l need no multiply (a lazy rescale: the final o / l is the same whatever m the block used, up
 // to rounding). m starts finite (-1e30), so a fully masked row yields zeros, never NaN; its
-// first unmasked block always rescales. Without SUM, l is left alone: the caller sums the
-// probabilities itself (as the last of o's tiles, rescaled with it).
+// first unmasked block always rescales. attn_softmax_rows (below) leaves the sums to its caller.
 #define RESCALE_LOG2 8.0f
 template <int NT, int OT, bool SUM = true>
 __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m)[2], float (&l)[2],
@@ -158,6 +157,16 @@ __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m
     s[i] = exp2f(fmaf(s[i], scale, bias[(i % 4) / 2]));
     if (SUM) l[(i % 4) / 2] += s[i];
   }
+}
+
+// attn_softmax_block for a caller that sums the probabilities itself (as the last of o's tiles,
+// rescaled with it): no running sum here.
+template <int NT, int OT>
+__device__ __forceinline__ void attn_softmax_rows(float (&s)[4 * NT], float (&m)[2], float (&o)[4 * OT], int j0,
+                                                  const int (&lo)[2], const int (&hi)[2], bool masked,
+                                                  float scale, int t) {
+  float unused[2];
+  attn_softmax_block<NT, OT, false>(s, m, unused, o, j0, lo, hi, masked, scale, t);
 }
 
 // The ESPnet form's skew in registers: s[4 nt + 2 hf + e] += the band value at row g + 8 hf,

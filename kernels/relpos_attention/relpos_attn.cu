@@ -343,9 +343,9 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     const bool masked = CHUNK > 0 || j0 + BN > length;
 #pragma unroll
     for (int m = 0; m < MT; ++m)
-      attn_softmax_block<BN / 8, OT, false>(reinterpret_cast<float (&)[BN / 2]>(s[m]), m_i[m], m_i[m],
-                                            reinterpret_cast<float (&)[4 * OT]>(o[m]), j0,
-                                            row_lo[m], row_hi[m], masked, qk_scale, t);
+      attn_softmax_rows<BN / 8, OT>(reinterpret_cast<float (&)[BN / 2]>(s[m]), m_i[m],
+                                    reinterpret_cast<float (&)[4 * OT]>(o[m]), j0, row_lo[m], row_hi[m],
+                                    masked, qk_scale, t);
     // o += P . V: the C fragments of two n8 score tiles are the A fragment of one k16 step; P
     // times a B of ones sums each row of P (its fp32 sums, every column alike, in o's last tile:
     // one mma per k16 step instead of an add per probability and a quad reduction at the end)
