@@ -182,11 +182,6 @@ __device__ __forceinline__ void band_mma(float (&band)[MT][NB][4], const unsigne
   }
 }
 
-template <bool B>
-struct IsFirst {
-  static constexpr bool value = B;
-};
-
 extern "C" __global__ void __launch_bounds__(THREADS)
 relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
                 const ct_t* __restrict__ vg, const ct_t* __restrict__ pg,
@@ -208,29 +203,38 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   const RowShare<BN, QS> kv_share;
   const RowShare<BN, HD> p_share;
   const RowShare<(PWIN > 0 ? PWIN : 1), HD> p0_share;   // block 0's whole window
-  auto issue = [&](int block, auto is_first) {   // IsFirst<block == 0>: a type, so that only the
-                                                 // prologue's call holds block 0's copies
+  // block's K and V (block < n_blocks); the global row of p of its window's row 0
+  auto issue_kv = [&](int block) {
+    char* st = smem + (block % STAGES) * KV_BYTES;
+    const int j0 = lo + block * BN;
+    kv_share.load(st, kh, j0, T);
+    kv_share.load(st + BN * RB, vh, j0, T);
+    return REL == 1 ? T - i0 - BM + j0 : j0;
+  };
+  constexpr int P_LIMIT_T = REL == 1 ? 2 : 1;   // p has 2T - 1 rows (rel 1) or T
+  // block 0's copies: its whole p window (the prologue's only)
+  auto issue_first = [&]() {
+    if (0 < n_blocks) {
+      const int first = issue_kv(0);
+      if constexpr (REL != 0) p0_share.load(s_p, ph, first, P_LIMIT_T * T - (REL == 1), 0, PRING);
+    }
+    gt_cp_commit();
+  };
+  // a later block's: the rows of its p window past the previous block's, into the ring
+  auto issue = [&](int block) {
     if (block < n_blocks) {
-      char* st = smem + (block % STAGES) * KV_BYTES;
-      const int j0 = lo + block * BN;
-      kv_share.load(st, kh, j0, T);
-      kv_share.load(st + BN * RB, vh, j0, T);
-      if constexpr (REL != 0) {   // global row of p of window row 0, and the window's ring row
-        const int first = REL == 1 ? T - i0 - BM + j0 : j0, limit = REL == 1 ? 2 * T - 1 : T;
+      const int first = issue_kv(block);
+      if constexpr (REL != 0) {
         const int slot = block * BN % PRING_;
-        if constexpr (decltype(is_first)::value) {
-          p0_share.load(s_p, ph, first, limit, 0, PRING);
-        } else {
-          const int tail = slot + POV >= PRING ? slot + POV - PRING : slot + POV;
-          p_share.load(s_p, ph, first + POV, limit, tail, PRING);
-        }
+        const int tail = slot + POV >= PRING ? slot + POV - PRING : slot + POV;
+        p_share.load(s_p, ph, first + POV, P_LIMIT_T * T - (REL == 1), tail, PRING);
       }
     }
     gt_cp_commit();
   };
-  issue(0, IsFirst<true>{});
+  issue_first();
 #pragma unroll
-  for (int s = 1; s < STAGES - 1; ++s) issue(s, IsFirst<false>{});
+  for (int s = 1; s < STAGES - 1; ++s) issue(s);
 
   // q + u and q + v, rounded to the activation dtype, staged once
   attn_stage_q<BM, HEAD_DIM, THREADS, REL>(s_qu, s_qv, cta.q, QS, i0, T,
@@ -271,7 +275,7 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   float* band_w = s_band + w * 16 * SB;   // written only after the loop's first CTA barrier
 
   for (int block = 0; block < n_blocks; ++block) {
-    issue(block + STAGES - 1, IsFirst<false>{});
+    issue(block + STAGES - 1);
     gt_cp_wait<STAGES - 1>();
     __syncthreads();
     const char* st = smem + (block % STAGES) * KV_BYTES;
