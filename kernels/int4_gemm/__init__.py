@@ -177,7 +177,7 @@ def _wgmma_heuristic(shape, dtype, gpu):
 CUDA_WGMMA = Impl(
     name="cuda_wgmma",
     sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
-             HERE.parent / "wgmma.cuh", HERE / "w4a16_wgmma.cu"),
+             HERE.parent / "wgmma.cuh", HERE / "wgmma_tiles.cuh", HERE / "w4a16_wgmma.cu"),
     space=WGMMA_SPACE,
     launches=(Launch("w4a16_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG)", "1"),
                      _CUDA_ARGS,
@@ -248,7 +248,8 @@ def _kres_heuristic(shape, dtype, gpu):
 CUDA_WGMMA_KRES = Impl(
     name="cuda_wgmma_kres",
     sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
-             HERE.parent / "wgmma.cuh", HERE / "w4a16_wgmma_kres.cu"),
+             HERE.parent / "wgmma.cuh", HERE / "wgmma_tiles.cuh", HERE / "wgmma_kres.cuh",
+             HERE / "w4a16_wgmma_kres.cu"),
     space=KRES_SPACE,
     launches=(Launch("w4a16_wgmma_kres", ("cdiv(M, BT * MT)", "cdiv(N, 128)", "1"),
                      _CUDA_ARGS,

@@ -41,25 +41,36 @@ struct AttnCta {
   }
 };
 
-// q + u and q + v (q alone without REL), rounded to the activation dtype, of query rows
-// i0 + [0, ROWS) into two tiles (16-byte chunk c of row r at at(r, c)); rows at or past T are
-// zeros. u, v: this head's biases. Every thread of the CTA (THREADS) takes part.
+// q + u and q + v (q alone without REL) of query rows i0 + [0, ROWS) into two tiles (16-byte chunk
+// c of row r at at(r, c)), each sum rounded once to the activation dtype (packed adds, as the
+// eager reference's fp16 / bf16 q + u); rows at or past T are q = 0. u, v: this head's biases,
+// 16-byte aligned. Every thread of the CTA (THREADS) takes part and keeps one chunk column, so it
+// loads its chunk of u and v once.
 template <int ROWS, int HEAD_DIM, int THREADS, int REL, typename At>
 __device__ __forceinline__ void attn_stage_q(char* s_qu, char* s_qv, const ct_t* q, int qs, int i0,
                                              int T, const ct_t* u, const ct_t* v, At at) {
   constexpr int CH = HEAD_DIM / 8;
+  static_assert(THREADS % CH == 0, "a thread keeps its chunk column");
+  // chunks as uint4 (a struct of four half2 would be copied as four 4-byte loads)
+  auto add = [](unsigned a, unsigned b) { return ct_bits<unsigned>(__hadd2(ct_bits<gt_v2>(a), ct_bits<gt_v2>(b))); };
+  const int c = threadIdx.x % CH;
+  uint4 bu{}, bv{};
+  if (REL) {
+    bu = *reinterpret_cast<const uint4*>(u + c * 8);
+    bv = *reinterpret_cast<const uint4*>(v + c * 8);
+  }
   for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
-    const int r = i / CH, c = i % CH, row = i0 + r;
-    ct_vec<ct_t, 8> x{}, xu, xv;
-    if (row < T) x = *reinterpret_cast<const ct_vec<ct_t, 8>*>(q + row * qs + c * 8);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float f = ct_to_float(x.v[e]);
-      xu.v[e] = REL ? ct_from_float<ct_t>(f + ct_to_float(u[c * 8 + e])) : x.v[e];
-      if (REL) xv.v[e] = ct_from_float<ct_t>(f + ct_to_float(v[c * 8 + e]));
+    const int r = i / CH, row = i0 + r;
+    uint4 x{};
+    if (row < T) x = *reinterpret_cast<const uint4*>(q + row * qs + c * 8);
+    if (REL) {
+      *reinterpret_cast<uint4*>(s_qu + at(r, c)) =
+          make_uint4(add(x.x, bu.x), add(x.y, bu.y), add(x.z, bu.z), add(x.w, bu.w));
+      *reinterpret_cast<uint4*>(s_qv + at(r, c)) =
+          make_uint4(add(x.x, bv.x), add(x.y, bv.y), add(x.z, bv.z), add(x.w, bv.w));
+    } else {
+      *reinterpret_cast<uint4*>(s_qu + at(r, c)) = x;
     }
-    *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qu + at(r, c)) = xu;
-    if (REL) *reinterpret_cast<ct_vec<ct_t, 8>*>(s_qv + at(r, c)) = xv;
   }
 }
 

@@ -61,29 +61,17 @@ static_assert(STAGES * KV_BYTES + PRING * RB + AREA <= SMEM, "tiles exceed SMEM"
 // Byte offset of 16-byte chunk q of row r in a tile of RB-byte rows.
 __device__ __forceinline__ int at(int r, int q) { return r * RB + gt_swz<RB>(r, q) * 16; }
 
-// ROWS rows of HEAD_DIM elements from ``src`` (row stride ``stride`` elements) starting at row
+// ROWS rows of HEAD_DIM elements from ``src_base`` (row stride STRIDE elements) starting at row
 // ``first``, into tile rows slot, slot + 1, ... modulo ``wrap`` (slot < wrap, ROWS <= wrap); rows
-// outside [0, limit) are zero-filled.
-template <int ROWS>
-__device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 stride, int first,
-                                          int limit, int slot = 0, int wrap = ROWS) {
-  for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
-    const int r = i / CH, q = i % CH, row = first + r;
-    const bool ok = row >= 0 && row < limit;
-    const int t = slot + r >= wrap ? slot + r - wrap : slot + r;
-    gt_cp_async<16>(dst + at(t, q), ok ? src + row * stride + q * 8 : src, ok);
-  }
-}
-
-// load_rows<ROWS> for the key blocks' loads, with each thread's share of the copies fixed (copy
-// i: row i / CH, chunk i % CH, by thread i % THREADS; THREADS being a multiple of CH, a thread
-// keeps its chunk q and takes rows r0, r0 + RS, ...): its source offset and shared offsets are
-// computed once, so a block only adds its rows' origin and its slot and checks the rows' limits.
-// A row's swizzle is that of its row in the block as long as ``slot`` and ``wrap`` are multiples
-// of 8 (they are: BN, BM and the ring are multiples of 16), and repeats every RS rows when RS is
-// a multiple of 8 (then one shared offset is kept, else one per copy). (load_rows' loop, not
-// unrolled and redoing the division, the wrap and the swizzle per copy, was about a third of
-// the key-block loop's SASS: 1537 -> 1060 instructions per block at MT 2, BN 32, d_k 64, sm_90.)
+// outside [0, limit) are zero-filled. Each thread's share of the copies is fixed (copy i: row
+// i / CH, chunk i % CH, by thread i % THREADS; THREADS being a multiple of CH, a thread keeps its
+// chunk q and takes rows r0, r0 + RS, ...): its source offset and shared offsets are computed
+// once, so a load only adds its rows' origin and its slot and checks the rows' limits. A row's
+// swizzle is that of its row in the block as long as ``slot`` and ``wrap`` are multiples of 8
+// (they are: BN, BM and the ring are multiples of 16), and repeats every RS rows when RS is a
+// multiple of 8 (then one shared offset is kept, else one per copy). (A generic copy loop, not
+// unrolled and redoing the division, the wrap and the swizzle per copy, was about a third of the
+// key-block loop's SASS: 1537 -> 1060 instructions per block at MT 2, BN 32, d_k 64, sm_90.)
 template <int ROWS, int STRIDE>
 struct RowShare {
   static constexpr int RS = THREADS / CH, N = (ROWS + RS - 1) / RS, ND = RS % 8 == 0 ? 1 : N;
@@ -95,8 +83,7 @@ struct RowShare {
     for (int j = 0; j < ND; ++j) dst[j] = at(r0 + j * RS, threadIdx.x % CH);
   }
 
-  // as load_rows(tile, src_base, STRIDE, first, limit, slot, wrap). Where every row is inside
-  // [0, limit) and the slots do not wrap (a uniform branch: all but the edge blocks), the copies
+  // Where every row is inside [0, limit) and the slots do not wrap (a uniform branch: all but the edge blocks), the copies
   // need no check and take their offsets from one source and one shared address as immediates.
   __device__ __forceinline__ void load(char* tile, const ct_t* src_base, int first, int limit, int slot = 0,
                                        int wrap = ROWS) const {
@@ -215,27 +202,39 @@ relpos_attn_fwd(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 
   const RowShare<BN, QS> kv_share;
   const RowShare<BN, HD> p_share;
+  const RowShare<(PWIN > 0 ? PWIN : 1), HD> p0_share;   // block 0's whole window
+  // block's K and V (block < n_blocks); the global row of p of its window's row 0
+  auto issue_kv = [&](int block) {
+    char* st = smem + (block % STAGES) * KV_BYTES;
+    const int j0 = lo + block * BN;
+    kv_share.load(st, kh, j0, T);
+    kv_share.load(st + BN * RB, vh, j0, T);
+    return REL == 1 ? T - i0 - BM + j0 : j0;
+  };
+  constexpr int P_LIMIT_T = REL == 1 ? 2 : 1;   // p has 2T - 1 rows (rel 1) or T
+  // block 0's copies: its whole p window (the prologue's only)
+  auto issue_first = [&]() {
+    if (0 < n_blocks) {
+      const int first = issue_kv(0);
+      if constexpr (REL != 0) p0_share.load(s_p, ph, first, P_LIMIT_T * T - (REL == 1), 0, PRING);
+    }
+    gt_cp_commit();
+  };
+  // a later block's: the rows of its p window past the previous block's, into the ring
   auto issue = [&](int block) {
     if (block < n_blocks) {
-      char* st = smem + (block % STAGES) * KV_BYTES;
-      const int j0 = lo + block * BN;
-      kv_share.load(st, kh, j0, T);
-      kv_share.load(st + BN * RB, vh, j0, T);
-      if constexpr (REL != 0) {   // global row of p of window row 0, and the window's ring row
-        const int first = REL == 1 ? T - i0 - BM + j0 : j0, limit = REL == 1 ? 2 * T - 1 : T;
+      const int first = issue_kv(block);
+      if constexpr (REL != 0) {
         const int slot = block * BN % PRING_;
-        if (block == 0) {
-          load_rows<PWIN>(s_p, ph, HD, first, limit, 0, PRING);
-        } else {
-          const int tail = slot + POV >= PRING ? slot + POV - PRING : slot + POV;
-          p_share.load(s_p, ph, first + POV, limit, tail, PRING);
-        }
+        const int tail = slot + POV >= PRING ? slot + POV - PRING : slot + POV;
+        p_share.load(s_p, ph, first + POV, P_LIMIT_T * T - (REL == 1), tail, PRING);
       }
     }
     gt_cp_commit();
   };
+  issue_first();
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) issue(s);
+  for (int s = 1; s < STAGES - 1; ++s) issue(s);
 
   // q + u and q + v, rounded to the activation dtype, staged once
   attn_stage_q<BM, HEAD_DIM, THREADS, REL>(s_qu, s_qv, cta.q, QS, i0, T,

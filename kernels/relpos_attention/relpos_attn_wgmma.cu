@@ -51,17 +51,42 @@ __device__ __forceinline__ int at(int r, int q) {
   return (q / 8) * ROWS * 128 + r * 128 + ((q % 8) ^ (r % 8)) * 16;
 }
 
-// Rows [skip, ROWS) of a tile of ROWS rows of HEAD_DIM elements from ``src`` (row stride
-// ``stride`` elements; tile row 0 is row ``first``); rows outside [0, limit) are zero-filled.
-template <int ROWS>
-__device__ __forceinline__ void load_rows(char* dst, const ct_t* src, ct_i64 stride, int first, int limit,
-                                          int skip = 0) {
-  for (int i = threadIdx.x; i < (ROWS - skip) * CH; i += THREADS) {
-    const int r = skip + i / CH, q = i % CH, row = first + r;
-    const bool ok = row >= 0 && row < limit;
-    gt_cp_async<16>(dst + at<ROWS>(r, q), ok ? src + row * stride + q * 8 : src, ok);
+// Rows [FIRST, ROWS) of a tile of ROWS rows of HEAD_DIM elements from ``src_base`` (row stride
+// STRIDE elements; tile row 0 is row ``first``), rows outside [0, limit) zero-filled, with each
+// thread's share fixed: copy i (row FIRST + i / CH, chunk i % CH) by thread i % THREADS, so a
+// thread keeps its chunk and takes rows r0, r0 + RS, ...; RS being a multiple of 8, they share
+// one swizzle, and its source and shared offsets are computed once. Where every row is inside
+// [0, limit) (a uniform branch: all but the edge blocks) the copies take no check.
+template <int ROWS, int FIRST, int STRIDE>
+struct TileShare {
+  static constexpr int RS = THREADS / CH, N = (ROWS - FIRST + RS - 1) / RS;
+  static_assert(THREADS % CH == 0 && RS % 8 == 0, "a thread's rows share their chunk and swizzle");
+  int r0, src0, dst0;
+
+  __device__ __forceinline__ TileShare()
+      : r0(FIRST + threadIdx.x / CH), src0(r0 * STRIDE + threadIdx.x % CH * 8),
+        dst0(at<ROWS>(r0, threadIdx.x % CH)) {}
+
+  __device__ __forceinline__ void load(char* tile, const ct_t* src_base, int first, int limit) const {
+    const ct_t* from = src_base + static_cast<ct_i64>(first) * STRIDE + src0;
+    char* to = tile + dst0;
+    if (first + FIRST >= 0 && first + ROWS <= limit) {
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        if ((ROWS - FIRST) % RS == 0 || r0 + j * RS < ROWS)
+          gt_cp_async<16>(to + j * RS * 128, from + j * RS * STRIDE, true);
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const int r = r0 + j * RS;
+      if ((ROWS - FIRST) % RS == 0 || r < ROWS) {
+        const bool ok = first + r >= 0 && first + r < limit;
+        gt_cp_async<16>(to + j * RS * 128, ok ? from + j * RS * STRIDE : src_base, ok);
+      }
+    }
   }
-}
+};
 
 // K-major descriptor of the n64 piece ``piece`` of a tile of ROWS rows (from row ``row0``), k16
 // step kk.
@@ -88,15 +113,20 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   int lo;
   const int n_blocks = attn_key_blocks<BN, CHUNK, LEFT>(i0, BM, length, lo);
 
+  const TileShare<BN, 0, QS> kv_share;
+  const TileShare<PW, 0, HD> p_share;
+  const TileShare<PW, 64, HD> p_tail;   // with CARRY, rows [0, 64) after the first block are a piece carried over
   auto issue = [&](int block) {
     if (block < n_blocks) {
       char* st = smem + (block % STAGES) * STAGE_BYTES;
       const int j0 = lo + block * BN;
-      load_rows<BN>(st, kh, QS, j0, T);
-      load_rows<BN>(st + K_BYTES, vh, QS, j0, T);
-      if constexpr (REL == 1)   // with CARRY, rows [0, 64) after the first block are a piece carried over
-        load_rows<PW>(st + 2 * K_BYTES, ph, HD, T - i0 - BM + j0, 2 * T - 1, CARRY && block ? 64 : 0);
-      if constexpr (REL == 2) load_rows<PW>(st + 2 * K_BYTES, ph, HD, j0, T);
+      kv_share.load(st, kh, j0, T);
+      kv_share.load(st + K_BYTES, vh, j0, T);
+      if constexpr (REL == 1) {
+        if (CARRY && block) p_tail.load(st + 2 * K_BYTES, ph, T - i0 - BM + j0, 2 * T - 1);
+        else p_share.load(st + 2 * K_BYTES, ph, T - i0 - BM + j0, 2 * T - 1);
+      }
+      if constexpr (REL == 2) p_share.load(st + 2 * K_BYTES, ph, j0, T);
     }
     gt_cp_commit();
   };

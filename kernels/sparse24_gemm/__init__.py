@@ -5,10 +5,20 @@ x [M, K] (fp16/bf16); the weight is pruned (:func:`prune_24`) and compressed (:f
 once, into ``values`` (the kept half) and ``meta`` (2-bit positions) — ``packing.py`` states the
 format; fp32 accumulation. M is dynamic; N, K (a multiple of 4) and bias are static.
 
-One implementation, ``cuda``: mma.sp.sync m16n8k32 (sm_80+) with the weight as the sparse A
-operand, on the tiles of ``int4_gemm/gemm_tiles.cuh``; like int4_gemm's, a programmatic dependent
-launch that requests its first stages of ``values`` and ``meta`` before waiting for the kernel
-ahead of it. Triton has no sparse-MMA primitive (as of 3.9 neither ``tl.dot`` nor Gluon's MMA
+Implementations (both with the weight as the sparse A operand and, like int4_gemm's, a
+programmatic dependent launch that requests its first stages of ``values`` and ``meta`` before
+waiting for the kernel ahead of it):
+
+* ``cuda``: mma.sp.sync m16n8k32 (sm_80+) on the tiles of ``int4_gemm/gemm_tiles.cuh``;
+* ``cuda_wgmma`` (sm_90 only, for large M; K a multiple of 8): Hopper's sparse warpgroup MMA
+  (wgmma.mma_async.sp, compiled for sm_90a), the kept values put in registers by ldmatrix and x
+  read by the tensor cores from shared memory, on the tiles of ``int4_gemm/wgmma_tiles.cuh``
+  (int4_gemm's ``cuda_wgmma`` with another A operand);
+* ``cuda_wgmma_kres`` (sm_90 only, K <= 256 and a multiple of 8, large M): the same MMA with the
+  CTA's whole weight slab (128 rows x K) in registers and token tiles streaming past it, on
+  ``int4_gemm/wgmma_kres.cuh`` (int4_gemm's ``cuda_wgmma_kres`` with another A operand).
+
+Triton has no sparse-MMA primitive (as of 3.9 neither ``tl.dot`` nor Gluon's MMA
 ops take metadata, and its compiler emits no ``mma.sp``), so there is no Triton path: see
 docs/gemms.md.
 """
@@ -20,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
-from ..int4_gemm import tiles
+from ..int4_gemm import KRES_MAX_K, KRES_SPACE, WGMMA_SPACE, tiles
 from . import packing
 from .packing import compress, decompress, is_24, prune_24
 
@@ -61,6 +71,151 @@ CUDA = Impl(
     constants=_constants,
     valid=_valid,
     heuristic=lambda shape, dtype, gpu: tiles.heuristic(shape, gpu, _stage_bytes),
+)
+
+
+# ---- CUDA, Hopper sparse warpgroup MMA -----------------------------------------------------
+
+def _wgmma_smem(config) -> int:
+    """Dynamic shared memory of sparse24_wgmma.cu: the stages (x tile, kept values, metadata)
+    and the epilogue's transposed tile (in the stages' space when MT is 1), and 1024 bytes to
+    align the swizzle atoms."""
+    bn, bt = 64 * config["WG"], config["BT"]
+    ring = config["STAGES"] * (bt * 128 + bn * 64 + bn // 2 * 16)
+    epilogue = bt * (bn + 8) * 2
+    return (ring + epilogue if config["MT"] > 1 else max(ring, epilogue)) + 1024
+
+
+def _wgmma_registers(config) -> int:
+    """A rough count of live registers per thread: accumulators, the A set (9 registers, two
+    with OVERLAP), addressing."""
+    return config["BT"] // 2 + 9 * (1 + config["OVERLAP"]) + 48
+
+
+def _wgmma_constants(config, shape, dtype):
+    """MIN_CTAS: two CTAs per SM where the register estimate leaves each half the file."""
+    _checked(shape)
+    min_ctas = 2 if 128 * config["WG"] * _wgmma_registers(config) <= 32768 else 1
+    return {**config, "SMEM": _wgmma_smem(config), "MIN_CTAS": min_ctas, "BIAS": shape["with_bias"]}
+
+
+def _wgmma_valid(config, shape, dtype, gpu):
+    if shape["K"] % 8:
+        return f"K={shape['K']} is not a multiple of 8 (x rows are copied in 16-byte chunks)"
+    if not CUDA_WGMMA.runs_on(gpu):
+        return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
+    if config["OVERLAP"] and config["STAGES"] < 3:
+        return "OVERLAP needs 3 stages or more (one in the tensor cores, one loading, one ready)"
+    threads = 128 * config["WG"]
+    if _wgmma_registers(config) > min(255, 65536 // threads):
+        return f"about {_wgmma_registers(config)} registers per thread (limit {min(255, 65536 // threads)})"
+    smem = _wgmma_smem(config)
+    if smem > gpu.smem_per_block:
+        return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
+    return None
+
+
+def _wgmma_heuristic(shape, dtype, gpu):
+    """From the H100 sweeps of BENCHMARKS.md (2026-12-07, seventh session), 128 weight rows per
+    CTA where N allows: a grid of 128 x 128 tiles that covers the SMs takes, at K <= 256, four
+    token tiles of 128 per CTA in a pipeline of 3 stages (16000x1024x256: 22.30 us; 5 stages
+    26.61), else one tile of 256 tokens and 4 stages (4096³: 206.01; 16000x256x1024: 18.80).
+    A smaller grid: 64 tokens and the deepest pipeline that fits."""
+    sms = gpu.sms if gpu else tiles.DEFAULT_SMS
+    per_block = gpu.smem_per_block if gpu else 2 * tiles.DEFAULT_SMEM
+    wg = 2 if shape["N"] > 64 else 1
+    if shape["M"] > 64 and -(-shape["M"] // 128) * -(-shape["N"] // (64 * wg)) >= sms:
+        if shape["K"] <= 256:
+            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0}
+        return {"WG": wg, "BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 0}
+    config = {"WG": wg, "BT": 64, "MT": 1, "OVERLAP": 0}
+    for stages in (5, 4, 3, 2):
+        config["STAGES"] = stages
+        if _wgmma_smem(config) <= per_block:
+            break
+    return config
+
+
+CUDA_WGMMA = Impl(
+    name="cuda_wgmma",
+    sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
+             HERE.parent / "wgmma.cuh", HERE.parent / "int4_gemm" / "wgmma_tiles.cuh",
+             HERE / "sparse24_wgmma.cu"),
+    space=WGMMA_SPACE,
+    launches=(Launch("sparse24_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG)", "1"),
+                     ("x", "values", "meta", "bias", "y", "M", "N", "K"),
+                     threads="128 * WG", smem="SMEM", pdl=True),),
+    constants=_wgmma_constants,
+    valid=_wgmma_valid,
+    heuristic=_wgmma_heuristic,
+    arch_suffix="a",
+    ccs=((9, 0),),
+)
+
+
+# ---- CUDA, Hopper sparse warpgroup MMA with the weight slab resident (K <= 256) -------------
+
+def _kres_rows(shape) -> tuple[int, int]:
+    """(VP, KP): the values' row bytes (K rounded up to 64), and the x tile's row length (64,
+    128 or 256: its 16-byte chunks per row divide the CTA's 256 threads)."""
+    vp = -(-shape["K"] // 64) * 64
+    return vp, max(64, 1 << (vp - 1).bit_length())
+
+
+def _kres_smem(config, shape) -> int:
+    """x buffers of all of K, then the weight slab (values and metadata; prologue) or the
+    epilogue's tile in the same space, and 1024 bytes to align the swizzle atoms."""
+    vp, kp = _kres_rows(shape)
+    return config["BUFS"] * config["BT"] * kp * 2 + max(128 * vp + 64 * vp // 4, config["BT"] * 136 * 2) + 1024
+
+
+def _kres_constants(config, shape, dtype):
+    _checked(shape)
+    vp, kp = _kres_rows(shape)
+    return {**config, "KC": shape["K"], "VP": vp, "KP": kp, "SMEM": _kres_smem(config, shape),
+            "BIAS": shape["with_bias"]}
+
+
+def _kres_valid(config, shape, dtype, gpu):
+    if shape["K"] % 8:
+        return f"K={shape['K']} is not a multiple of 8 (x rows are copied in 16-byte chunks)"
+    if shape["K"] > KRES_MAX_K:
+        return f"K={shape['K']}: this kernel keeps all of K of its weight rows in registers (K <= {KRES_MAX_K})"
+    if not CUDA_WGMMA_KRES.runs_on(gpu):
+        return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
+    smem = _kres_smem(config, shape)
+    if smem > gpu.smem_per_block:
+        return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
+    return None
+
+
+def _kres_heuristic(shape, dtype, gpu):
+    """int4_gemm's rule: 64-token tiles, three x buffers, as many tiles per CTA as fill the SMs
+    once -- at 16000x1024x256 on an H100 MT 16, the fastest of the 12 configs that fit (18.75 us
+    against cuBLAS's 22.66; BT 128 MT 8 with 2 buffers 20.04): BENCHMARKS.md, H100,
+    2026-12-07, seventh session."""
+    sms = gpu.sms if gpu else tiles.DEFAULT_SMS
+    ctas_n = -(-shape["N"] // 128)
+    for mt in KRES_SPACE["MT"]:
+        if -(-shape["M"] // (64 * mt)) * ctas_n <= sms:
+            break
+    return {"BT": 64, "MT": mt, "BUFS": 3}
+
+
+CUDA_WGMMA_KRES = Impl(
+    name="cuda_wgmma_kres",
+    sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
+             HERE.parent / "wgmma.cuh", HERE.parent / "int4_gemm" / "wgmma_tiles.cuh",
+             HERE.parent / "int4_gemm" / "wgmma_kres.cuh", HERE / "sparse24_wgmma_kres.cu"),
+    space=KRES_SPACE,
+    launches=(Launch("sparse24_wgmma_kres", ("cdiv(M, BT * MT)", "cdiv(N, 128)", "1"),
+                     ("x", "values", "meta", "bias", "y", "M", "N", "K"),
+                     threads="256", smem="SMEM", pdl=True),),
+    constants=_kres_constants,
+    valid=_kres_valid,
+    heuristic=_kres_heuristic,
+    arch_suffix="a",
+    ccs=((9, 0),),
 )
 
 
@@ -114,7 +269,7 @@ KERNEL = Kernel(
              TensorSpec("y", ("M", "N"), role="out")),
     scalars={},
     dtypes=("float16", "bfloat16"),
-    impls=(CUDA,),
+    impls=(CUDA, CUDA_WGMMA, CUDA_WGMMA_KRES),
     reference=_reference,
     baseline=_baseline,
     make_inputs=_make_inputs,
@@ -142,7 +297,7 @@ def prepare(w: torch.Tensor, prune: bool = False, dtype: torch.dtype | None = No
 
 
 def sparse24_linear(x: torch.Tensor, weight: Sparse24Weight, bias: torch.Tensor | None = None,
-                    config=None) -> torch.Tensor:
+                    impl: str = "cuda", config=None) -> torch.Tensor:
     """y = x · W^T (+ bias) for ``weight = prepare(W)``; x [..., K] contiguous, in the dtype of
     the weight's values; y [..., N]. Everything is checked before anything launches."""
-    return tiles.linear(KERNEL, x, weight, Sparse24Weight, {}, "cuda", config, bias)
+    return tiles.linear(KERNEL, x, weight, Sparse24Weight, {}, impl, config, bias)

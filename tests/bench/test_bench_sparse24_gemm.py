@@ -33,7 +33,7 @@ def _semi_structured_calls(sets, shape, backend):
 
 
 @pytest.mark.parametrize("m, n, k", SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in SHAPES])
-@pytest.mark.parametrize("impl", ["cublas", "cusparselt", "cutlass", "cuda"])
+@pytest.mark.parametrize("impl", ["cublas", "cusparselt", "cutlass", "cuda", "cuda_wgmma", "cuda_wgmma_kres"])
 def test_sparse24_gemm(measure, benchmark, impl, m, n, k):
     shape = {"M": m, "N": n, "K": k, "with_bias": 0}
     cost = K.cost(shape, "float16")
