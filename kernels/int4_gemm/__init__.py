@@ -196,9 +196,10 @@ KRES_SPACE = {"BT": (64, 128), "MT": (2, 4, 8, 16), "BUFS": (2, 3)}
 KRES_MAX_K = 256
 
 
-def _kres_rows(shape) -> tuple[int, int]:
-    """(QP, KP): the packed weight's row bytes (K rounded up to 64), and the x tile's row length
-    (64, 128 or 256: its 16-byte chunks per row divide the CTA's 256 threads)."""
+def kres_rows(shape) -> tuple[int, int]:
+    """(K rounded up to 64: the packed weight's row bytes here, the 2:4 values' in
+    sparse24_gemm), and the x tile's row length of wgmma_kres.cuh (64, 128 or 256: its 16-byte
+    chunks per row divide the CTA's 256 threads)."""
     qp = -(-shape["K"] // 64) * 64
     return qp, max(64, 1 << (qp - 1).bit_length())
 
@@ -206,14 +207,14 @@ def _kres_rows(shape) -> tuple[int, int]:
 def _kres_smem(config, shape) -> int:
     """x buffers of all of K, then the weight slab (prologue) or the epilogue's tile in the same
     space, and 1024 bytes to align the swizzle atoms."""
-    qp, kp = _kres_rows(shape)
+    qp, kp = kres_rows(shape)
     slab = 64 * qp + shape["K"] // shape["group"] * 128 * (2 + shape["asym"])
     return config["BUFS"] * config["BT"] * kp * 2 + max(slab, config["BT"] * 136 * 2) + 1024
 
 
 def _kres_constants(config, shape, dtype):
     _checked(shape)
-    qp, kp = _kres_rows(shape)
+    qp, kp = kres_rows(shape)
     return {**config, "KC": shape["K"], "QP": qp, "KP": kp, "SMEM": _kres_smem(config, shape),
             "GROUP": shape["group"], "ASYM": shape["asym"], "BIAS": shape["with_bias"]}
 
@@ -232,9 +233,9 @@ def _kres_valid(config, shape, dtype, gpu):
     return None
 
 
-def _kres_heuristic(shape, dtype, gpu):
-    """64-token tiles, three x buffers, and as many tiles per CTA as fill the SMs once with one
-    CTA each: at 16000x1024x256 on an H100 that is MT 16, the fastest of the 16 configs (19.97 us
+def kres_heuristic(shape, dtype, gpu):
+    """(Also sparse24_gemm's.) 64-token tiles, three x buffers, and as many tiles per CTA as fill
+    the SMs once with one CTA each: at 16000x1024x256 on an H100 that is MT 16, the fastest of the 16 configs (19.97 us
     against cuBLAS's 21.83; BT 128 MT 8 with 2 buffers 21.60) — BENCHMARKS.md, H100,
     2026-12-07, fifth session."""
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
@@ -256,7 +257,7 @@ CUDA_WGMMA_KRES = Impl(
                      threads="256", smem="SMEM", pdl=True),),
     constants=_kres_constants,
     valid=_kres_valid,
-    heuristic=_kres_heuristic,
+    heuristic=kres_heuristic,
     arch_suffix="a",
     ccs=((9, 0),),
 )

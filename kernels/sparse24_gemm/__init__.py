@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
-from ..int4_gemm import KRES_MAX_K, KRES_SPACE, WGMMA_SPACE, tiles
+from ..int4_gemm import KRES_MAX_K, KRES_SPACE, WGMMA_SPACE, kres_heuristic, kres_rows, tiles
 from . import packing
 from .packing import compress, decompress, is_24, prune_24
 
@@ -155,23 +155,16 @@ CUDA_WGMMA = Impl(
 
 # ---- CUDA, Hopper sparse warpgroup MMA with the weight slab resident (K <= 256) -------------
 
-def _kres_rows(shape) -> tuple[int, int]:
-    """(VP, KP): the values' row bytes (K rounded up to 64), and the x tile's row length (64,
-    128 or 256: its 16-byte chunks per row divide the CTA's 256 threads)."""
-    vp = -(-shape["K"] // 64) * 64
-    return vp, max(64, 1 << (vp - 1).bit_length())
-
-
 def _kres_smem(config, shape) -> int:
     """x buffers of all of K, then the weight slab (values and metadata; prologue) or the
     epilogue's tile in the same space, and 1024 bytes to align the swizzle atoms."""
-    vp, kp = _kres_rows(shape)
+    vp, kp = kres_rows(shape)
     return config["BUFS"] * config["BT"] * kp * 2 + max(128 * vp + 64 * vp // 4, config["BT"] * 136 * 2) + 1024
 
 
 def _kres_constants(config, shape, dtype):
     _checked(shape)
-    vp, kp = _kres_rows(shape)
+    vp, kp = kres_rows(shape)
     return {**config, "KC": shape["K"], "VP": vp, "KP": kp, "SMEM": _kres_smem(config, shape),
             "BIAS": shape["with_bias"]}
 
@@ -189,19 +182,6 @@ def _kres_valid(config, shape, dtype, gpu):
     return None
 
 
-def _kres_heuristic(shape, dtype, gpu):
-    """int4_gemm's rule: 64-token tiles, three x buffers, as many tiles per CTA as fill the SMs
-    once -- at 16000x1024x256 on an H100 MT 16, the fastest of the 12 configs that fit (18.75 us
-    against cuBLAS's 22.66; BT 128 MT 8 with 2 buffers 20.04): BENCHMARKS.md, H100,
-    2026-12-07, seventh session."""
-    sms = gpu.sms if gpu else tiles.DEFAULT_SMS
-    ctas_n = -(-shape["N"] // 128)
-    for mt in KRES_SPACE["MT"]:
-        if -(-shape["M"] // (64 * mt)) * ctas_n <= sms:
-            break
-    return {"BT": 64, "MT": mt, "BUFS": 3}
-
-
 CUDA_WGMMA_KRES = Impl(
     name="cuda_wgmma_kres",
     sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
@@ -213,7 +193,8 @@ CUDA_WGMMA_KRES = Impl(
                      threads="256", smem="SMEM", pdl=True),),
     constants=_kres_constants,
     valid=_kres_valid,
-    heuristic=_kres_heuristic,
+    heuristic=kres_heuristic,   # int4_gemm's: at 16000x1024x256 on an H100 the best of the 12
+                                # configs that fit (18.75 us; BENCHMARKS.md, seventh session)
     arch_suffix="a",
     ccs=((9, 0),),
 )
