@@ -1,4 +1,6 @@
 """CUDA sources compile with NVRTC for every architecture we ship, with no GPU present."""
+import re
+
 import pytest
 
 import kernels
@@ -29,6 +31,21 @@ def test_cuda_impls_compile_for_every_arch(name, impl_name, arch):
                 if lch.kernel not in impl.fns:
                     assert lch.kernel.encode() in cubin
     assert compiled or not impl.runs_on(spec)
+
+
+LAMBDA = re.compile(r"\[[&=\w\s,*]*\]\s*\(([^()]*)\)")
+
+
+def test_no_generic_lambdas_in_device_code():
+    """No lambda with an ``auto`` parameter in any CUDA source: NVRTC 13.5 (this machine, CI)
+    compiles them, the GPU machine's NVRTC refused them in JIT mode ("A function without execution
+    space annotations ... is considered a host function"; H100, 2026-12-07, 113 attention tests)."""
+    sources = {p for k in kernels.registry().values() for i in k.impls for p in i.sources
+               if p.suffix in (".cu", ".cuh")}
+    assert sources
+    generic = [f"{p.name}: [...]({m.group(1)})" for p in sorted(sources)
+               for m in LAMBDA.finditer(p.read_text()) if re.search(r"\bauto\b", m.group(1))]
+    assert not generic, generic
 
 
 def test_compile_error_carries_the_log():
