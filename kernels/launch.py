@@ -275,6 +275,25 @@ def _tuned_config(kernel: str, impl: str, dtype: str, bucket: tuple) -> tuple | 
     return None if found is None else tuple(found.config.items())
 
 
+def tuned_impl(kernel: Kernel, shape, dtype: str) -> str | None:
+    """The implementation of the fastest stored winner for this GPU and the shape's bucket
+    (``autotune run``), or None (no winner, no store, or the interpreter)."""
+    if interpreting():
+        return None
+    return _tuned_impl(kernel.name, dtype, tuple(contract.bucket_of(kernel, shape).items()))
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_impl(kernel: str, dtype: str, bucket: tuple) -> str | None:
+    try:
+        from cache import best_config
+
+        found = best_config(_gpu_spec().name, kernel, dtype, dict(bucket))
+    except Exception:  # noqa: BLE001 - any failure here means "no tuned choice"
+        return None
+    return None if found is None else found.impl
+
+
 def call(kernel: Kernel, inputs: Mapping[str, torch.Tensor | None], shape, impl: str,
          config=None, scalars: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Allocate outputs, pick a config when none is given, run; returns the outputs by name."""

@@ -236,3 +236,17 @@ def test_split_k_is_a_cluster_on_sm90_only(kernel):
         assert "EIATTR_CTA_PER_CLUSTER" in elf and "EIATTR_EXPLICIT_CLUSTER" in elf
     assert "k-tiles" in impl.valid({**base, "SPLIT": 4, "WARPS_K": 4}, shape, "float16", h100)
     assert "CLUSTER" not in sass_of(kernel, "cuda", {**base, "SPLIT": 1}, shape, flag="-elf")
+
+
+@pytest.mark.parametrize("m, n, k, gpu_name, want", [
+    (16000, 1024, 256, "h100", "cuda_wgmma_kres"),
+    (16000, 256, 1024, "h100", "cuda_wgmma"),
+    (1, 4096, 4096, "h100", "cuda"),
+    (16000, 1024, 256, "a10", "cuda"),
+])
+def test_auto_impl_by_shape_and_gpu(m, n, k, gpu_name, want):
+    from kernels import gpu
+    from kernels.int4_gemm import tiles
+
+    shape = {"M": m, "N": n, "K": k, "group": 128, "asym": 1, "with_bias": 0}
+    assert tiles.auto_impl(KERNEL, shape, "float16", gpu.by_name(gpu_name)) == want

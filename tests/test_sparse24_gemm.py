@@ -97,3 +97,21 @@ def test_k_not_a_multiple_of_4_is_refused_by_the_contract():
     assert "multiple of 4" in impl.valid(config, shape, "float16", None)
     with pytest.raises(ValueError, match="multiple of 4"):
         impl.constants(config, shape, "float16")
+
+
+@pytest.mark.parametrize("m, n, k, gpu_name, want", [
+    (16000, 1024, 256, "h100", "cuda_wgmma_kres"),    # the FFN's first GEMM: the resident slab
+    (16000, 256, 1024, "h100", "cuda_wgmma"),         # K too large for the slab
+    (4096, 4096, 4096, "h100", "cuda_wgmma"),
+    (16000, 1024, 252, "h100", "cuda"),               # K % 8: neither warpgroup kernel takes it
+    (16, 4096, 4096, "h100", "cuda"),                 # small M: the grid would not cover the SMs
+    (16000, 1024, 256, "a100", "cuda"),               # no warpgroup MMA before sm_90
+    (16000, 1024, 256, "l4", "cuda"),
+])
+def test_auto_impl_by_shape_and_gpu(m, n, k, gpu_name, want):
+    from kernels import gpu
+    from kernels.int4_gemm import tiles
+
+    shape = {"M": m, "N": n, "K": k, "with_bias": 1}
+    assert tiles.auto_impl(KERNEL, shape, "float16", gpu.by_name(gpu_name)) == want
+    assert tiles.auto_impl(KERNEL, shape, "float16", gpu.by_name(gpu_name), tuned="cuda") == "cuda"

@@ -450,9 +450,11 @@ def prepare(w: torch.Tensor, group: int = 128, asym: bool = True,
 
 
 def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None = None,
-                impl: str = "cuda", config=None) -> torch.Tensor:
+                impl: str = "auto", config=None) -> torch.Tensor:
     """y = x · W^T (+ bias) for ``weight = prepare(W, ...)``; x [..., K] contiguous, fp16/bf16 in
-    the dtype of the weight's scales; y [..., N]. Everything is checked before anything launches."""
+    the dtype of the weight's scales; y [..., N]. ``impl``: one of the kernel's implementations,
+    or "auto" (the tuned winner's, else by shape and GPU: ``tiles.auto_impl``). Everything is
+    checked before anything launches."""
     if isinstance(weight, Int4Weight):
         _checked({"K": weight.k, "group": weight.group})
     return tiles.linear(KERNEL, x, weight, Int4Weight,

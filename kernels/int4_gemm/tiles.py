@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from .. import gpu as gpus
 from .. import launch
 from ..gpu import GpuSpec
 
@@ -159,9 +160,34 @@ def activations(shape, dtype, device, gen) -> dict[str, torch.Tensor]:
     return out
 
 
+# The warpgroup kernels an eager call prefers, in order, where they apply (sm_90, large M).
+AUTO_ORDER = ("cuda_wgmma_kres", "cuda_wgmma")
+
+
+def auto_impl(kernel, shape, dtype: str, spec: GpuSpec | None, tuned: str | None = None) -> str:
+    """The implementation a public function runs when none is named: ``tuned`` (the fastest
+    stored winner for this GPU and the shape's bucket, when ``autotune run`` left one), else by
+    the H100 measurements of BENCHMARKS.md (2026-12-07, fifth and seventh sessions): where a grid
+    of 128 x 128 tiles covers the SMs, the weight slab resident in registers if K allows it
+    (16000x1024x256: INT4 1.11x, 2:4 1.21x cuBLAS, against 0.5-0.6x for ``cuda``), else the
+    per-stage warpgroup kernel (16000x256x1024: 0.84x and 0.96x, against 0.5x and 0.70x), on
+    the GPUs they run on; everything else (small M: ``cuda`` is the 3x-cuBLAS one at M = 1) and
+    every other GPU takes ``cuda``."""
+    if tuned is not None:
+        return tuned
+    sms = spec.sms if spec else DEFAULT_SMS
+    if -(-shape["M"] // 128) * -(-shape["N"] // 128) >= sms:
+        for name in AUTO_ORDER:
+            impl = kernel.impl(name)
+            if impl.runs_on(spec) and impl.valid(impl.heuristic(shape, dtype, spec), shape, dtype, spec) is None:
+                return name
+    return "cuda"
+
+
 def linear(kernel, x, weight, kind: type, shape, impl: str, config, bias) -> torch.Tensor:
     """The public functions' common part: check ``x`` [..., K] and ``weight`` (a ``kind``), set
-    the shape's M, N, K and with_bias, launch, and give y the shape [..., N]."""
+    the shape's M, N, K and with_bias, pick the implementation (``impl="auto"``:
+    :func:`auto_impl`), launch, and give y the shape [..., N]."""
     if not isinstance(weight, kind):
         raise TypeError(f"weight must be a {kind.__name__} from prepare(), got {type(weight).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -172,6 +198,11 @@ def linear(kernel, x, weight, kind: type, shape, impl: str, config, bias) -> tor
         raise ValueError("x must be contiguous")
     shape = {**shape, "M": x.numel() // weight.k, "N": weight.n, "K": weight.k,
              "with_bias": int(bias is not None)}
+    if impl == "auto":   # x off the GPU or in another dtype: the launch below refuses it clearly
+        impl = "cuda"
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            dtype = launch.dtype_name(x.dtype)
+            impl = auto_impl(kernel, shape, dtype, gpus.running().spec, launch.tuned_impl(kernel, shape, dtype))
     out = launch.call(kernel, {"x": x.reshape(-1, weight.k), **weight.tensors, "bias": bias},
                       shape, impl, config)
     return out["y"].reshape(*x.shape[:-1], weight.n)

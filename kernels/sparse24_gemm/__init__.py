@@ -278,7 +278,9 @@ def prepare(w: torch.Tensor, prune: bool = False, dtype: torch.dtype | None = No
 
 
 def sparse24_linear(x: torch.Tensor, weight: Sparse24Weight, bias: torch.Tensor | None = None,
-                    impl: str = "cuda", config=None) -> torch.Tensor:
+                    impl: str = "auto", config=None) -> torch.Tensor:
     """y = x · W^T (+ bias) for ``weight = prepare(W)``; x [..., K] contiguous, in the dtype of
-    the weight's values; y [..., N]. Everything is checked before anything launches."""
+    the weight's values; y [..., N]. ``impl``: one of the kernel's implementations, or "auto" (the
+    tuned winner's, else by shape and GPU: ``int4_gemm.tiles.auto_impl``). Everything is checked
+    before anything launches."""
     return tiles.linear(KERNEL, x, weight, Sparse24Weight, {}, impl, config, bias)
