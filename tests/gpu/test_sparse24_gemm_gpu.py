@@ -150,3 +150,15 @@ def test_public_function_and_cusparselt_agree():
 def test_dense_weight_is_refused():
     with pytest.raises(ValueError, match="not 2:4"):
         prepare(torch.randn(64, 128, device="cuda"))
+
+
+@pytest.mark.parametrize("m, n, k", [(16000, 1024, 256), (6000, 256, 1024), (64, 512, 1024)])
+def test_auto_impl_is_right(m, n, k):
+    """The public function's default (``impl="auto"``): whichever implementation it takes here
+    (on an H100: the resident slab, the per-stage warpgroup kernel, ``cuda``) is right."""
+    gen = torch.Generator(device="cuda").manual_seed(k)
+    w = prune_24(torch.randn(n, k, device="cuda", generator=gen)).half()
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=gen)
+    b = torch.randn(n, device="cuda", dtype=torch.float16, generator=gen)
+    y = sparse24_linear(x, prepare(w), bias=b)
+    assert verify.relative_error(y, x.double() @ w.double().t() + b.double()) < 1e-2
