@@ -158,3 +158,15 @@ def test_activation_dtype_must_match_the_scales():
     w = prepare(torch.randn(64, 128, device="cuda"), group=32, dtype=torch.bfloat16)
     with pytest.raises(TypeError, match="dtype"):
         int4_linear(torch.randn(4, 128, device="cuda", dtype=torch.float16), w)
+
+
+@pytest.mark.parametrize("m, n, k", [(16000, 1024, 256), (6000, 256, 1024), (16, 1024, 1024)])
+def test_auto_impl_is_right(m, n, k):
+    """The public function's default (``impl="auto"``): whichever implementation it takes here
+    (on an H100: the resident slab, the per-stage warpgroup kernel, ``cuda``) is right."""
+    gen = torch.Generator(device="cuda").manual_seed(k)
+    w = prepare(torch.randn(n, k, device="cuda", generator=gen), group=128)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=gen)
+    y = int4_linear(x, w)
+    dense = dequantize(w.tensors["qweight"], w.tensors["scales"], w.tensors["zeros"], n, k, 128)
+    assert verify.relative_error(y, x.double() @ dense.t()) < 1e-2
