@@ -76,20 +76,23 @@ CUDA = Impl(
 
 # ---- CUDA, Hopper sparse warpgroup MMA -----------------------------------------------------
 
+WGMMA_SPACE_24 = {**WGMMA_SPACE, "RBLK": (1, 2)}
+
+
 def _wgmma_smem(config) -> int:
     """Dynamic shared memory of sparse24_wgmma.cu: the stages (x tile, kept values, metadata)
     and the epilogue's transposed tile (in the stages' space when MT is 1), and 1024 bytes to
     align the swizzle atoms."""
-    bn, bt = 64 * config["WG"], config["BT"]
+    bn, bt = 64 * config["WG"] * config["RBLK"], config["BT"]
     ring = config["STAGES"] * (bt * 128 + bn * 64 + bn // 2 * 16)
     epilogue = bt * (bn + 8) * 2
     return (ring + epilogue if config["MT"] > 1 else max(ring, epilogue)) + 1024
 
 
 def _wgmma_registers(config) -> int:
-    """A rough count of live registers per thread: accumulators, the A set (9 registers, two
-    with OVERLAP), addressing."""
-    return config["BT"] // 2 + 9 * (1 + config["OVERLAP"]) + 48
+    """A rough count of live registers per thread: accumulators and the A set (9 registers, two
+    with OVERLAP) of each row block, addressing."""
+    return config["RBLK"] * (config["BT"] // 2 + 9 * (1 + config["OVERLAP"])) + 48
 
 
 def _wgmma_constants(config, shape, dtype):
@@ -126,9 +129,9 @@ def _wgmma_heuristic(shape, dtype, gpu):
     wg = 2 if shape["N"] > 64 else 1
     if shape["M"] > 64 and -(-shape["M"] // 128) * -(-shape["N"] // (64 * wg)) >= sms:
         if shape["K"] <= 256:
-            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0}
-        return {"WG": wg, "BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 0}
-    config = {"WG": wg, "BT": 64, "MT": 1, "OVERLAP": 0}
+            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0, "RBLK": 1}
+        return {"WG": wg, "BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 0, "RBLK": 1}
+    config = {"WG": wg, "BT": 64, "MT": 1, "OVERLAP": 0, "RBLK": 1}
     for stages in (5, 4, 3, 2):
         config["STAGES"] = stages
         if _wgmma_smem(config) <= per_block:
@@ -141,8 +144,8 @@ CUDA_WGMMA = Impl(
     sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
              HERE.parent / "wgmma.cuh", HERE.parent / "int4_gemm" / "wgmma_tiles.cuh",
              HERE / "sparse24_wgmma.cu"),
-    space=WGMMA_SPACE,
-    launches=(Launch("sparse24_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG)", "1"),
+    space=WGMMA_SPACE_24,
+    launches=(Launch("sparse24_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG * RBLK)", "1"),
                      ("x", "values", "meta", "bias", "y", "M", "N", "K"),
                      threads="128 * WG", smem="SMEM", pdl=True),),
     constants=_wgmma_constants,
