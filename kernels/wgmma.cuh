@@ -14,6 +14,13 @@
 #define WG_TYPE "bf16"
 #endif
 
+// The dynamic shared memory ``raw`` from its first 1024-byte boundary: where the 128-byte
+// swizzle's atoms must start (kernels ask for 1024 bytes more than they use). For the GEMMs
+// (SASS unchanged); the attention's kernel keeps its own expression, which compiles shorter there.
+__device__ __forceinline__ char* wg_atom_aligned(char* raw) {
+  return raw + ((1024 - (gt_smem(raw) & 1023)) & 1023);
+}
+
 // Shared-memory matrix descriptor of a K-major tile with the 128-byte swizzle at smem address
 // addr (16-byte aligned; its 1024-byte atom aligned): start address >> 4 in bits 0-13, leading
 // byte offset (unused by this layout) 1 in 16-29, stride byte offset 1024 >> 4 (from one group

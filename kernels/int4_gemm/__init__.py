@@ -129,22 +129,26 @@ def _wgmma_constants(config, shape, dtype):
             "GROUP": shape["group"], "ASYM": shape["asym"], "BIAS": shape["with_bias"]}
 
 
-def _wgmma_valid(config, shape, dtype, gpu):
-    reason = shape_error(shape)
-    if reason:
-        return reason
-    if not CUDA_WGMMA.runs_on(gpu):
+def wgmma_limits(impl: Impl, config, gpu, registers: int, smem: int) -> str | None:
+    """Why a config of a kernel on wgmma_tiles.cuh (this one's ``cuda_wgmma``, sparse24_gemm's)
+    cannot run on ``gpu``: not sm_90, OVERLAP without the stages for it, ``registers`` (the
+    kernel's estimate per thread) or ``smem`` (its dynamic shared memory) past the limits."""
+    if not impl.runs_on(gpu):
         return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
     if config["OVERLAP"] and config["STAGES"] < 3:
         return "OVERLAP needs 3 stages or more (one in the tensor cores, one loading, one ready)"
-    threads = 128 * config["WG"]
-    regs = _wgmma_registers(config) + 16 * config["OVERLAP"]
-    if regs > min(255, 65536 // threads):
-        return f"about {regs} registers per thread (limit {min(255, 65536 // threads)})"
-    smem = _wgmma_smem(config, shape)
+    limit = min(255, 65536 // (128 * config["WG"]))
+    if registers > limit:
+        return f"about {registers} registers per thread (limit {limit})"
     if smem > gpu.smem_per_block:
         return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
     return None
+
+
+def _wgmma_valid(config, shape, dtype, gpu):
+    return shape_error(shape) or wgmma_limits(CUDA_WGMMA, config, gpu,
+                                              _wgmma_registers(config) + 16 * config["OVERLAP"],
+                                              _wgmma_smem(config, shape))
 
 
 def _wgmma_heuristic(shape, dtype, gpu):

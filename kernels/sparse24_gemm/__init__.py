@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
-from ..int4_gemm import KRES_MAX_K, KRES_SPACE, WGMMA_SPACE, kres_heuristic, kres_rows, tiles
+from ..int4_gemm import (KRES_MAX_K, KRES_SPACE, WGMMA_SPACE, kres_heuristic, kres_rows, tiles,
+                         wgmma_limits)
 from . import packing
 from .packing import compress, decompress, is_24, prune_24
 
@@ -105,17 +106,7 @@ def _wgmma_constants(config, shape, dtype):
 def _wgmma_valid(config, shape, dtype, gpu):
     if shape["K"] % 8:
         return f"K={shape['K']} is not a multiple of 8 (x rows are copied in 16-byte chunks)"
-    if not CUDA_WGMMA.runs_on(gpu):
-        return "wgmma needs an sm_90 GPU (compiled for sm_90a)"
-    if config["OVERLAP"] and config["STAGES"] < 3:
-        return "OVERLAP needs 3 stages or more (one in the tensor cores, one loading, one ready)"
-    threads = 128 * config["WG"]
-    if _wgmma_registers(config) > min(255, 65536 // threads):
-        return f"about {_wgmma_registers(config)} registers per thread (limit {min(255, 65536 // threads)})"
-    smem = _wgmma_smem(config)
-    if smem > gpu.smem_per_block:
-        return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
-    return None
+    return wgmma_limits(CUDA_WGMMA, config, gpu, _wgmma_registers(config), _wgmma_smem(config))
 
 
 def _wgmma_heuristic(shape, dtype, gpu):

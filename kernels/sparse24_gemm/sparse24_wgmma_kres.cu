@@ -29,7 +29,7 @@ sparse24_wgmma_kres(const ct_t* __restrict__ x, const ct_t* __restrict__ values,
                     const int* __restrict__ meta, const ct_t* __restrict__ bias, ct_t* __restrict__ y,
                     int M, int N, int K) {
   extern __shared__ __align__(16) char smem_raw[];
-  char* smem = smem_raw + ((1024 - (gt_smem(smem_raw) & 1023)) & 1023);  // the swizzle atom's alignment
+  char* smem = wg_atom_aligned(smem_raw);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int n0 = blockIdx.y * BN;
   const int np = (N + 15) / 16 * 16;
