@@ -17,8 +17,14 @@ def sass_of(kernel: str, impl: str, config, shape, dtype="float16", arch="sm_90"
     with ``config`` at ``shape``, compiled by NVRTC."""
     k = kernels.get(kernel)
     chosen = k.impl(impl)
-    consts = contract.resolved_constants(k, chosen, config, shape, dtype)
-    cubin = launch.cuda_cubin(chosen, consts, dtype, arch)
+    return sass_of_constants(chosen, contract.resolved_constants(k, chosen, config, shape, dtype),
+                             dtype, arch, flag)
+
+
+def sass_of_constants(impl, consts, dtype="float16", arch="sm_90", flag="-sass") -> str:
+    """sass_of for an implementation's compile-time constants as they are, unchecked (for a
+    config the space refuses, to show why)."""
+    cubin = launch.cuda_cubin(impl, consts, dtype, arch)
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not tool.exists():
         pytest.skip("Triton's bundled cuobjdump is missing: SASS not checked")

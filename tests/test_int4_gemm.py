@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import kernels
+from kernels import contract
 from kernels.int4_gemm import KERNEL, dequantize, int4_linear, packing, prepare
 from tests.sass import sass_of
 
@@ -170,9 +171,9 @@ def test_large_m_triton_tiles_compile_to_wgmma_without_spilling():
 
 
 def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
-    """cuda_wgmma: refused (with the reason) on every GPU but sm_90; its OVERLAP needs three
-    stages; the large-M heuristic config, compiled for an H100 (NVRTC, sm_90a), holds warpgroup
-    MMAs whose A operand is a register (the dequantised weight), as its cuobjdump SASS shows."""
+    """cuda_wgmma: refused (with the reason) on every GPU but sm_90; no OVERLAP (below); the
+    large-M heuristic config, compiled for an H100 (NVRTC, sm_90a), holds warpgroup MMAs whose A
+    operand is a register (the dequantised weight), as its cuobjdump SASS shows."""
     from kernels import gpu
 
     impl = KERNEL.impl("cuda_wgmma")
@@ -182,10 +183,27 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
     assert impl.valid(config, shape, "float16", h100) is None
     for name in ("a10", "l4", "a100"):
         assert "sm_90" in impl.valid(config, shape, "float16", gpu.by_name(name))
-    assert "3 stages" in impl.valid({**config, "OVERLAP": 1, "STAGES": 2}, shape, "float16", h100)
+    with pytest.raises(ValueError, match="OVERLAP=1 is not one of"):
+        contract.check_config(impl, {**config, "OVERLAP": 1})
     sass = sass_of("int4_gemm", "cuda_wgmma", config, shape)
     hgmma = re.findall(r"HGMMA\.64x128x16\.F32\S* (R\d+), (\S+), gdesc", sass)
     assert hgmma and all(a.startswith("R") for _, a in hgmma), sass[-2000:]
+
+
+@pytest.mark.parametrize("bt", [64, 256])
+def test_overlap_would_overwrite_running_a_fragments(bt):
+    """Why cuda_wgmma has no OVERLAP: compiled with it anyway (MT 1, sm_90a), the SASS gives the
+    next stage's dequantised fragments the registers that the running stage's wgmma reads
+    (tests/sass_hazards.py; on an H100 such configs gave wrong results). The check that clears
+    sparse24_gemm's OVERLAP finds it here."""
+    from tests.sass import sass_of_constants
+    from tests.sass_hazards import overlap_register_hazards
+
+    impl = KERNEL.impl("cuda_wgmma")
+    shape = {"M": 1000, "N": 1024, "K": 1024, "group": 128, "asym": 1, "with_bias": 0}
+    consts = impl.constants({"WG": 2, "BT": bt, "MT": 1, "STAGES": 4, "OVERLAP": 1}, shape, "float16")
+    hazards = overlap_register_hazards(sass_of_constants(impl, consts))
+    assert any("HGMMA" not in h for h in hazards), hazards
 
 
 @pytest.mark.parametrize("k, group", [(256, 128), (96, 32)])

@@ -115,3 +115,21 @@ def test_auto_impl_by_shape_and_gpu(m, n, k, gpu_name, want):
     shape = {"M": m, "N": n, "K": k, "with_bias": 1}
     assert tiles.auto_impl(KERNEL, shape, "float16", gpu.by_name(gpu_name)) == want
     assert tiles.auto_impl(KERNEL, shape, "float16", gpu.by_name(gpu_name), tuned="cuda") == "cuda"
+
+
+@pytest.mark.parametrize("bt, rblk, stages, bias", [(256, 1, 4, 1), (128, 1, 3, 0), (128, 2, 5, 1), (64, 2, 4, 0)])
+def test_overlap_keeps_one_stage_in_flight(bt, rblk, stages, bias):
+    """cuda_wgmma with OVERLAP 1 and MT 1, in the SASS (sm_90a): each stage waits for all but its
+    own MMAs (two stage variants, DEPBAR 0x1) and only the drain after the loop waits for all (one
+    DEPBAR 0x0) -- a read of the accumulators on a path inside the loop had ptxas inject a second,
+    full wait at the loop's back edge, which serialised the overlap; and no instruction writes the
+    registers a running wgmma reads (its kept values and metadata: tests/sass_hazards.py, the
+    check that int4_gemm's OVERLAP fails)."""
+    from tests.sass import sass_of
+    from tests.sass_hazards import overlap_register_hazards
+
+    config = {"WG": 2, "BT": bt, "MT": 1, "STAGES": stages, "OVERLAP": 1, "RBLK": rblk}
+    sass = sass_of("sparse24_gemm", "cuda_wgmma", config, {"M": 4096, "N": 4096, "K": 4096, "with_bias": bias})
+    assert sass.count("WARPGROUP.DEPBAR.LE gsb0, 0x1") == 2, config
+    assert sass.count("WARPGROUP.DEPBAR.LE gsb0, 0x0") == 1, config
+    assert overlap_register_hazards(sass) == [], config

@@ -101,6 +101,11 @@ CUDA = Impl(
 
 WGMMA_SPACE = {"WG": (1, 2), "BT": (64, 128, 256), "MT": (1, 2, 4, 8), "STAGES": (2, 3, 4, 5),
                "OVERLAP": (0, 1)}
+# This kernel's: no OVERLAP. With a stage's MMAs left running while the next is dequantised, ptxas
+# gave both register sets the same registers and the dequantisation overwrote the A fragments
+# the running wgmma read (wrong results on an H100, 2026-12-07; tests/sass_hazards.py finds it
+# in the SASS). sparse24_gemm's cuda_wgmma keeps OVERLAP: its SASS passes that check.
+WGMMA_SPACE_W4 = {**WGMMA_SPACE, "OVERLAP": (0,)}
 
 
 def _wgmma_smem(config, shape) -> int:
@@ -116,13 +121,13 @@ def _wgmma_smem(config, shape) -> int:
 
 def _wgmma_registers(config) -> int:
     """A rough count of live registers per thread: accumulators, A fragments, words, scales,
-    addressing (the A fragments of a second stage with OVERLAP excluded: see MIN_CTAS)."""
+    addressing."""
     return config["BT"] // 2 + 64
 
 
 def _wgmma_constants(config, shape, dtype):
     """MIN_CTAS: __launch_bounds__ asks for two CTAs per SM where the estimate leaves each
-    half the register file (with OVERLAP at WG 2 / BT 128 ptxas then spills 16-24 bytes)."""
+    half the register file."""
     _checked(shape)
     min_ctas = 2 if 128 * config["WG"] * _wgmma_registers(config) <= 32768 else 1
     return {**config, "SMEM": _wgmma_smem(config, shape), "MIN_CTAS": min_ctas,
@@ -146,8 +151,7 @@ def wgmma_limits(impl: Impl, config, gpu, registers: int, smem: int) -> str | No
 
 
 def _wgmma_valid(config, shape, dtype, gpu):
-    return shape_error(shape) or wgmma_limits(CUDA_WGMMA, config, gpu,
-                                              _wgmma_registers(config) + 16 * config["OVERLAP"],
+    return shape_error(shape) or wgmma_limits(CUDA_WGMMA, config, gpu, _wgmma_registers(config),
                                               _wgmma_smem(config, shape))
 
 
@@ -182,7 +186,7 @@ CUDA_WGMMA = Impl(
     name="cuda_wgmma",
     sources=(HERE.parent / "cuda_common.cuh", HERE / "gemm_tiles.cuh", HERE / "dequant.cuh",
              HERE.parent / "wgmma.cuh", HERE / "wgmma_tiles.cuh", HERE / "w4a16_wgmma.cu"),
-    space=WGMMA_SPACE,
+    space=WGMMA_SPACE_W4,
     launches=(Launch("w4a16_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG)", "1"),
                      _CUDA_ARGS,
                      threads="128 * WG", smem="SMEM", pdl=True),),

@@ -29,7 +29,7 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
   const int n0 = blockIdx.y * BN;
   const int np = (N + 15) / 16 * 16, kp = (K + 63) / 64 * 64, groups = K / GROUP;
 
-  float acc[NI][INS / 2];
+  float acc[1][NI][INS / 2];
   const unsigned ws_at = gt_smem(smem + STAGES * T::X_BYTES);
   const T::Share<BN / 2, 64, 0> share_q(reinterpret_cast<const char*>(qweight) + (ct_i64)(n0 / 2) * kp, kp, ws_at);
   const T::Share<SG, BN * 2, 0> share_s(reinterpret_cast<const char*>(scales + n0), 2 * np, ws_at + A_BYTES);
@@ -53,11 +53,11 @@ w4a16_wgmma(const ct_t* __restrict__ x, const int* __restrict__ qweight,
       w4_dequant(set.a[kk], w[kk], q);
     }
   };
-  auto issue = [&](const W4Set& set, unsigned long long xd) {
+  auto issue = [&](const W4Set& set, unsigned long long xd, bool first) {
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-      for (int j = 0; j < NI; ++j) wg_mma(acc[j], set.a[kk], xd + ((j * INS * 128 + kk * 32) >> 4));
+      for (int j = 0; j < NI; ++j) wg_mma(acc[0][j], set.a[kk], xd + ((j * INS * 128 + kk * 32) >> 4), kk > 0 || !first);
   };
   T::gemm<W4Set>(x, bias, y, M, N, K, smem, acc, load_w, fill, issue);
 }

@@ -20,7 +20,8 @@
 // register sets in turn, since the tensor cores read a stage's A registers until its wait (a
 // copy would not keep them: the first version did that and gave wrong results on an H100).
 // WgTiles<WG (1/2), BT (64/128/256), MT (1/2/4/8), STAGES, OVERLAP (0/1), BIAS, W_BYTES (the
-// weight's shared memory per stage), SMEM (the kernel's dynamic shared memory)>.
+// weight's shared memory per stage), SMEM (the kernel's dynamic shared memory), RBLK (1/2: m64
+// row blocks per warpgroup, so BN = 64 WG RBLK: more weight rows share each x tile)>.
 
 // One thread's share of a tile that every stage reloads: ROWS rows of RB bytes in 16-byte chunks,
 // chunk i (row i / (RB / 16)) copied by thread i % THREADS. THREADS being a multiple of the
@@ -80,11 +81,11 @@ __device__ __forceinline__ void wgt_stmatrix_x4_trans(void* p, unsigned r0, unsi
                : "memory");
 }
 
-template <int WG_, int BT_, int MT_, int STAGES_, int OVERLAP_, int BIAS_, int W_BYTES_, int SMEM_>
+template <int WG_, int BT_, int MT_, int STAGES_, int OVERLAP_, int BIAS_, int W_BYTES_, int SMEM_, int RBLK_ = 1>
 struct WgTiles {
   static constexpr int WG = WG_, BT = BT_, MT = MT_, STAGES = STAGES_, OVERLAP = OVERLAP_, BIAS = BIAS_;
-  static constexpr int W_BYTES = W_BYTES_, SMEM = SMEM_;
-  static constexpr int BN = 64 * WG, BK = 64, THREADS = 128 * WG;
+  static constexpr int W_BYTES = W_BYTES_, SMEM = SMEM_, RBLK = RBLK_;
+  static constexpr int BN = 64 * WG * RBLK, BK = 64, THREADS = 128 * WG;
   static constexpr int INS = BT >= 128 ? 128 : 64;  // tokens per wgmma
   static constexpr int NI = BT / INS;
   static constexpr int X_BYTES = BT * 128;
@@ -92,33 +93,39 @@ struct WgTiles {
   static constexpr int EPI_BYTES = BT * EPI_LD * 2;
   static constexpr int RING_BYTES = STAGES * (X_BYTES + W_BYTES);
   static constexpr int EPI_AT = MT > 1 ? RING_BYTES : 0;  // the epilogue tile's offset
-  static_assert(BT % INS == 0 && (WG == 1 || WG == 2), "tile");
+  static_assert(BT % INS == 0 && (WG == 1 || WG == 2) && (RBLK == 1 || RBLK == 2), "tile");
   static_assert((MT > 1 ? RING_BYTES + EPI_BYTES : RING_BYTES > EPI_BYTES ? RING_BYTES : EPI_BYTES) + 1024 <= SMEM,
                 "tiles exceed SMEM");
   template <int ROWS, int RB, int SWZ>
   using Share = WgShare<ROWS, RB, SWZ, THREADS>;
 
+  // the first of this warp's 16 rows of row block rb (of the CTA's BN): warpgroup w / 4 takes
+  // row blocks RBLK (w / 4) .. + RBLK - 1, 64 rows each, warp w % 4 its 16 rows of each
+  static __device__ __forceinline__ int wrow(int rb) {
+    const int warp = threadIdx.x >> 5;
+    return (warp / 4 * RBLK + rb) * 64 + warp % 4 * 16;
+  }
+
   // The GEMM of one CTA, its A operand the kernel's: ``load_w(slot_at, k0)`` requests the weight's
   // share of k-tile k0 / BK into the slot ``slot_at`` bytes past slot 0 of the weight stages;
   // ``fill(st, a)`` puts a stage's A operand (``st``: its slot) into the register set ``a`` (an
-  // ASet, whose keep() holds its registers live); ``issue(a, xd)`` issues the stage's wgmma for the
-  // x tile whose descriptor is ``xd``, accumulating into ``acc``. ``smem``: the dynamic shared
-  // memory, 1024-byte aligned.
+  // ASet, whose keep() holds its registers live); ``issue(a, xd, first)`` issues the stage's
+  // wgmma for the x tile whose descriptor is ``xd``, accumulating into ``acc`` (row block rb of
+  // the warpgroup: acc[rb], its rows wrow(rb) + [0, 16) for each warp) -- overwriting it at a
+  // tile's first stage (``first``: scale-d 0 for its first k step). The accumulators are never
+  // zeroed by other instructions: a move into them on a path where a stage's wgmma may still be
+  // running (OVERLAP) made ptxas inject a warpgroup.wait (C7517) and serialise the overlap. ``smem``: the dynamic shared memory,
+  // 1024-byte aligned.
   template <class ASet, class LoadW, class Fill, class Issue>
   static __device__ __forceinline__ void gemm(const ct_t* __restrict__ x, const ct_t* __restrict__ bias,
                                               ct_t* __restrict__ y, int M, int N, int K, char* smem,
-                                              float (&acc)[NI][INS / 2], LoadW load_w, Fill fill, Issue issue) {
+                                              float (&acc)[RBLK][NI][INS / 2], LoadW load_w, Fill fill, Issue issue) {
     char* xs = smem;
     char* ws = smem + STAGES * X_BYTES;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
+    const int lane = threadIdx.x & 31, g = lane >> 2;
     const int m_first = blockIdx.x * (BT * MT), n0 = blockIdx.y * BN;
     const int KT = (K + BK - 1) / BK;
     const int tiles = min(MT, (M - m_first + BT - 1) / BT);  // this CTA's token tiles
-
-  #pragma unroll
-    for (int j = 0; j < NI; ++j)
-  #pragma unroll
-      for (int e = 0; e < INS / 2; ++e) acc[j][e] = 0.f;
 
     // A operands, two sets: with OVERLAP the stage in the tensor cores keeps its set while the
     // next stage fills the other (kept live by keep() until its MMAs are waited for)
@@ -146,11 +153,11 @@ struct WgTiles {
     // start address (bits 0-13: shared memory is under 256 KB, so the sum never carries out)
     const unsigned long long x_desc = wg_desc(gt_smem(xs));
 
-    auto stage = [&](int slot, ASet& a, ASet& other) {
+    auto stage = [&](int slot, ASet& a, ASet& other, bool first) {
       fill(ws + slot * W_BYTES, a);
       const unsigned long long xd = x_desc + ((slot * X_BYTES) >> 4);
       wg_fence();
-      issue(a, xd);
+      issue(a, xd, first);
       wg_commit();
       if constexpr (OVERLAP) {   // this stage's MMAs run on while the next one is fetched and filled
         wg_wait<1>();            // the previous stage's are done: its slot and A registers are free
@@ -167,20 +174,23 @@ struct WgTiles {
       // y^T fragments: weight rows r and r + 8, tokens j INS + 8 i + 2 t and + 1; stored transposed
       // by stmatrix, two token blocks (i, i + 1) x (rows r, r + 8) per x4: lane l addresses token
       // row l % 8 of block i + l / 16, weight columns 16 warp + 8 (l / 8 % 2) ..
-      const int r = warp * 16 + g;
-      const float blo = BIAS && n0 + r < N ? ct_to_float(bias[n0 + r]) : 0.f;
-      const float bhi = BIAS && n0 + r + 8 < N ? ct_to_float(bias[n0 + r + 8]) : 0.f;
       auto yv = [](float v, float b) { return BIAS ? v + b : v; };   // no add of 0 without bias
-      ct_t* lane_out = out + (8 * (lane / 16) + lane % 8) * EPI_LD + warp * 16 + 8 * (lane / 8 % 2);
   #pragma unroll
-      for (int j = 0; j < NI; ++j)
+      for (int rb = 0; rb < RBLK; ++rb) {
+        const int r = wrow(rb) + g;
+        const float blo = BIAS && n0 + r < N ? ct_to_float(bias[n0 + r]) : 0.f;
+        const float bhi = BIAS && n0 + r + 8 < N ? ct_to_float(bias[n0 + r + 8]) : 0.f;
+        ct_t* lane_out = out + (8 * (lane / 16) + lane % 8) * EPI_LD + wrow(rb) + 8 * (lane / 8 % 2);
   #pragma unroll
-        for (int i = 0; i < INS / 8; i += 2) {
-          const float* c = acc[j] + 4 * i;
-          wgt_stmatrix_x4_trans(lane_out + (j * INS + 8 * i) * EPI_LD, wgt_pack(yv(c[0], blo), yv(c[1], blo)),
-                                wgt_pack(yv(c[2], bhi), yv(c[3], bhi)), wgt_pack(yv(c[4], blo), yv(c[5], blo)),
-                                wgt_pack(yv(c[6], bhi), yv(c[7], bhi)));
-        }
+        for (int j = 0; j < NI; ++j)
+  #pragma unroll
+          for (int i = 0; i < INS / 8; i += 2) {
+            const float* c = acc[rb][j] + 4 * i;
+            wgt_stmatrix_x4_trans(lane_out + (j * INS + 8 * i) * EPI_LD, wgt_pack(yv(c[0], blo), yv(c[1], blo)),
+                                  wgt_pack(yv(c[2], bhi), yv(c[3], bhi)), wgt_pack(yv(c[4], blo), yv(c[5], blo)),
+                                  wgt_pack(yv(c[6], bhi), yv(c[7], bhi)));
+          }
+      }
       __syncthreads();
       // 16-byte chunks: a thread keeps its column n and takes rows m_lane, m_lane + RSTEP, ...
       constexpr int CPR = BN / 8, RSTEP = THREADS / CPR;
@@ -204,26 +214,37 @@ struct WgTiles {
       }
     };
 
-    int kt_of_tile = 0, m_tile = m_first;
-    auto compute = [&](int slot) {
-      if (OVERLAP && (step++ & 1)) stage(slot, a1, a0);
-      else stage(slot, a0, a1);
-      if (++kt_of_tile < KT) return;
-      wg_wait<0>();   // the tile's MMAs are done
+    // the tile's MMAs done, their registers kept until here
+    auto drain = [&] {
+      wg_wait<0>();
       a0.keep();
       if constexpr (OVERLAP) a1.keep();
   #pragma unroll
-      for (int j = 0; j < NI; ++j) wg_keep(acc[j]);
-      if constexpr (MT == 1) __syncthreads();  // every warpgroup's reads of the last stage are done
-      epilogue(m_tile);
+      for (int rb = 0; rb < RBLK; ++rb)
   #pragma unroll
-      for (int j = 0; j < NI; ++j)
-  #pragma unroll
-        for (int e = 0; e < INS / 2; ++e) acc[j][e] = 0.f;
+        for (int j = 0; j < NI; ++j) wg_keep(acc[rb][j]);
+    };
+    // With MT 1 the epilogue runs after the pipeline's loop, not on a path inside it: a read of
+    // the accumulators inside the loop made ptxas inject a warpgroup.wait at the loop's back
+    // edge (C7517), serialising OVERLAP, and cost some 60 registers (sm_90a, 2:4 at BT 256).
+    int kt_of_tile = 0, m_tile = m_first;
+    auto compute = [&](int slot) {
+      if (OVERLAP && (step++ & 1)) stage(slot, a1, a0, kt_of_tile == 0);
+      else stage(slot, a0, a1, kt_of_tile == 0);
+      if (++kt_of_tile < KT) return;
       kt_of_tile = 0;
-      m_tile += BT;
+      if constexpr (MT > 1) {
+        drain();
+        epilogue(m_tile);
+        m_tile += BT;
+      }
     };
 
     gt_pipeline<STAGES, true, OVERLAP>(tiles * KT, load_w_step, load_x, compute);
+    if constexpr (MT == 1) {
+      drain();
+      __syncthreads();  // every warpgroup's reads of the last stage are done (its slot is the epilogue's)
+      epilogue(m_first);
+    }
   }
 };

@@ -77,20 +77,23 @@ CUDA = Impl(
 
 # ---- CUDA, Hopper sparse warpgroup MMA -----------------------------------------------------
 
+WGMMA_SPACE_24 = {**WGMMA_SPACE, "RBLK": (1, 2)}
+
+
 def _wgmma_smem(config) -> int:
     """Dynamic shared memory of sparse24_wgmma.cu: the stages (x tile, kept values, metadata)
     and the epilogue's transposed tile (in the stages' space when MT is 1), and 1024 bytes to
     align the swizzle atoms."""
-    bn, bt = 64 * config["WG"], config["BT"]
+    bn, bt = 64 * config["WG"] * config["RBLK"], config["BT"]
     ring = config["STAGES"] * (bt * 128 + bn * 64 + bn // 2 * 16)
     epilogue = bt * (bn + 8) * 2
     return (ring + epilogue if config["MT"] > 1 else max(ring, epilogue)) + 1024
 
 
 def _wgmma_registers(config) -> int:
-    """A rough count of live registers per thread: accumulators, the A set (9 registers, two
-    with OVERLAP), addressing."""
-    return config["BT"] // 2 + 9 * (1 + config["OVERLAP"]) + 48
+    """A rough count of live registers per thread: accumulators and the A set (9 registers, two
+    with OVERLAP) of each row block, addressing."""
+    return config["RBLK"] * (config["BT"] // 2 + 9 * (1 + config["OVERLAP"])) + 48
 
 
 def _wgmma_constants(config, shape, dtype):
@@ -107,19 +110,23 @@ def _wgmma_valid(config, shape, dtype, gpu):
 
 
 def _wgmma_heuristic(shape, dtype, gpu):
-    """From the H100 sweeps of BENCHMARKS.md (2026-12-07, seventh session), 128 weight rows per
-    CTA where N allows: a grid of 128 x 128 tiles that covers the SMs takes, at K <= 256, four
-    token tiles of 128 per CTA in a pipeline of 3 stages (16000x1024x256: 22.30 us; 5 stages
-    26.61), else one tile of 256 tokens and 4 stages (4096³: 206.01; 16000x256x1024: 18.80).
+    """From the H100 sweeps of BENCHMARKS.md (2026-12-07, seventh and eighth sessions), 128
+    weight rows per CTA where N allows: a grid of 128 x 128 tiles that covers the SMs takes, at
+    K <= 256, four token tiles of 128 per CTA in a pipeline of 3 stages (16000x1024x256: 22.30 us;
+    5 stages 26.61); at larger K one tile of 256 tokens, 4 stages and OVERLAP (4096³: 179.49
+    against 192.82 without) -- or, where N is at most 256, two row blocks per warpgroup (the
+    whole N in one CTA), 128 tokens and 5 stages (16000x256x1024: 17.33 against 18.35).
     A smaller grid: 64 tokens and the deepest pipeline that fits."""
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
     per_block = gpu.smem_per_block if gpu else 2 * tiles.DEFAULT_SMEM
     wg = 2 if shape["N"] > 64 else 1
     if shape["M"] > 64 and -(-shape["M"] // 128) * -(-shape["N"] // (64 * wg)) >= sms:
         if shape["K"] <= 256:
-            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0}
-        return {"WG": wg, "BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 0}
-    config = {"WG": wg, "BT": 64, "MT": 1, "OVERLAP": 0}
+            return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0, "RBLK": 1}
+        if 128 < shape["N"] <= 256:
+            return {"WG": 2, "BT": 128, "MT": 1, "STAGES": 5, "OVERLAP": 1, "RBLK": 2}
+        return {"WG": wg, "BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 1, "RBLK": 1}
+    config = {"WG": wg, "BT": 64, "MT": 1, "OVERLAP": 0, "RBLK": 1}
     for stages in (5, 4, 3, 2):
         config["STAGES"] = stages
         if _wgmma_smem(config) <= per_block:
@@ -132,8 +139,8 @@ CUDA_WGMMA = Impl(
     sources=(HERE.parent / "cuda_common.cuh", HERE.parent / "int4_gemm" / "gemm_tiles.cuh",
              HERE.parent / "wgmma.cuh", HERE.parent / "int4_gemm" / "wgmma_tiles.cuh",
              HERE / "sparse24_wgmma.cu"),
-    space=WGMMA_SPACE,
-    launches=(Launch("sparse24_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG)", "1"),
+    space=WGMMA_SPACE_24,
+    launches=(Launch("sparse24_wgmma", ("cdiv(M, BT * MT)", "cdiv(N, 64 * WG * RBLK)", "1"),
                      ("x", "values", "meta", "bias", "y", "M", "N", "K"),
                      threads="128 * WG", smem="SMEM", pdl=True),),
     constants=_wgmma_constants,

@@ -162,3 +162,18 @@ def test_auto_impl_is_right(m, n, k):
     b = torch.randn(n, device="cuda", dtype=torch.float16, generator=gen)
     y = sparse24_linear(x, prepare(w), bias=b)
     assert verify.relative_error(y, x.double() @ w.double().t() + b.double()) < 1e-2
+
+
+@pytest.mark.parametrize("wg, bt", [(1, 64), (1, 128), (2, 64), (2, 128)])
+def test_wgmma_two_row_blocks_per_warpgroup(wg, bt):
+    """RBLK 2 (each warpgroup two m64 row blocks, BN = 128 WG): N = 200 and 330 (ragged in the
+    second row block, and across CTAs), M = 1000 over two token tiles per CTA, K = 456, with and
+    without OVERLAP, bias."""
+    chosen = _wgmma()
+    for n in (200, 330):
+        shape = {"M": 1000, "N": n, "K": 456, "with_bias": 1}
+        for overlap in (0, 1):
+            config = {"WG": wg, "BT": bt, "MT": 2, "STAGES": 3, "OVERLAP": overlap, "RBLK": 2}
+            assert chosen.valid(config, shape, "float16", gpu.running().spec) is None, config
+            v = verify.verify(K, chosen, config, shape, "float16", "cuda", seed=n + overlap)
+            assert v.ok, f"{config} {shape}: {v}"
