@@ -115,6 +115,9 @@ class Impl:
     # such a binary runs only on that exact compute capability, which ``valid`` must require.
     arch_suffix: str = ""
     ccs: tuple[tuple[int, int], ...] | None = None   # compute capabilities it runs on; None: all
+    # CUDA: why a compiled binary (cubin, constants) must not run, or None -- for a property of the
+    # compiler's output that the source cannot guarantee (kernels/sass.py: overlap_check)
+    binary_check: Callable[[bytes, Mapping[str, int]], str | None] | None = None
 
     def runs_on(self, gpu: GpuSpec | None) -> bool:
         """Whether this implementation exists for ``gpu`` at all (its ``valid`` rule refuses

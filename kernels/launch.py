@@ -199,16 +199,21 @@ def _launch_triton(impl, launch, grid, env, values, shape, scalars, consts) -> N
 
 def cuda_cubin(impl: Impl, consts: Mapping[str, int], dtype: str, arch: str) -> bytes:
     """Compile a CUDA implementation for one set of constants and an architecture (cached);
-    ``arch`` is the family (sm_90), the impl's ``arch_suffix`` picks its specific target."""
+    ``arch`` is the family (sm_90), the impl's ``arch_suffix`` picks its specific target. A
+    binary that the impl's ``binary_check`` refuses raises ValueError (before any launch)."""
     return _cuda_binary(cuda_source(impl, consts), _cuda_files(impl)[-1].name, arch + impl.arch_suffix,
-                        tuple(cuda_macros(dtype).items()))
+                        tuple(cuda_macros(dtype).items()), impl.binary_check, tuple(consts.items()))
 
 
 @functools.lru_cache(maxsize=256)
-def _cuda_binary(source: str, name: str, arch: str, macros: tuple) -> bytes:
+def _cuda_binary(source: str, name: str, arch: str, macros: tuple, check, consts: tuple) -> bytes:
     from . import nvrtc
 
-    return nvrtc.compile_source(source, name, arch, dict(macros))
+    cubin = nvrtc.compile_source(source, name, arch, dict(macros))
+    reason = check(cubin, dict(consts)) if check else None
+    if reason:
+        raise ValueError(f"{name} for {arch} with {dict(consts)}: {reason}")
+    return cubin
 
 
 def _launch_cuda(kernel, impl, launch, grid, env, values, shape, scalars, consts, dtype,

@@ -194,16 +194,23 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
 def test_overlap_would_overwrite_running_a_fragments(bt):
     """Why cuda_wgmma has no OVERLAP: compiled with it anyway (MT 1, sm_90a), the SASS gives the
     next stage's dequantised fragments the registers that the running stage's wgmma reads
-    (tests/sass_hazards.py; on an H100 such configs gave wrong results). The check that clears
-    sparse24_gemm's OVERLAP finds it here."""
+    (kernels/sass.py; on an H100 such configs gave wrong results). The check that clears
+    sparse24_gemm's OVERLAP finds it here, and as that kernel's binary_check it refuses the
+    binary when it is built -- a clear error, before any launch."""
+    import dataclasses
+
+    from kernels import launch, sass
     from tests.sass import sass_of_constants
-    from tests.sass_hazards import overlap_register_hazards
 
     impl = KERNEL.impl("cuda_wgmma")
     shape = {"M": 1000, "N": 1024, "K": 1024, "group": 128, "asym": 1, "with_bias": 0}
     consts = impl.constants({"WG": 2, "BT": bt, "MT": 1, "STAGES": 4, "OVERLAP": 1}, shape, "float16")
-    hazards = overlap_register_hazards(sass_of_constants(impl, consts))
+    hazards = sass.overlap_register_hazards(sass_of_constants(impl, consts))
     assert any("HGMMA" not in h for h in hazards), hazards
+    checked = dataclasses.replace(impl, binary_check=sass.overlap_check)
+    with pytest.raises(ValueError, match="overwrites registers a running wgmma reads"):
+        launch.cuda_cubin(checked, consts, "float16", "sm_90")
+    launch.cuda_cubin(checked, {**consts, "OVERLAP": 0}, "float16", "sm_90")   # passes without
 
 
 @pytest.mark.parametrize("k, group", [(256, 128), (96, 32)])

@@ -123,10 +123,10 @@ def test_overlap_keeps_one_stage_in_flight(bt, rblk, stages, bias):
     own MMAs (two stage variants, DEPBAR 0x1) and only the drain after the loop waits for all (one
     DEPBAR 0x0) -- a read of the accumulators on a path inside the loop had ptxas inject a second,
     full wait at the loop's back edge, which serialised the overlap; and no instruction writes the
-    registers a running wgmma reads (its kept values and metadata: tests/sass_hazards.py, the
+    registers a running wgmma reads (its kept values and metadata: kernels/sass.py, the
     check that int4_gemm's OVERLAP fails)."""
     from tests.sass import sass_of
-    from tests.sass_hazards import overlap_register_hazards
+    from kernels.sass import overlap_register_hazards
 
     config = {"WG": 2, "BT": bt, "MT": 1, "STAGES": stages, "OVERLAP": 1, "RBLK": rblk}
     sass = sass_of("sparse24_gemm", "cuda_wgmma", config, {"M": 4096, "N": 4096, "K": 4096, "with_bias": bias})

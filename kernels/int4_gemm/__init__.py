@@ -103,7 +103,7 @@ WGMMA_SPACE = {"WG": (1, 2), "BT": (64, 128, 256), "MT": (1, 2, 4, 8), "STAGES":
                "OVERLAP": (0, 1)}
 # This kernel's: no OVERLAP. With a stage's MMAs left running while the next is dequantised, ptxas
 # gave both register sets the same registers and the dequantisation overwrote the A fragments
-# the running wgmma read (wrong results on an H100, 2026-12-07; tests/sass_hazards.py finds it
+# the running wgmma read (wrong results on an H100, 2026-12-07; kernels/sass.py finds it
 # in the SASS). sparse24_gemm's cuda_wgmma keeps OVERLAP: its SASS passes that check.
 WGMMA_SPACE_W4 = {**WGMMA_SPACE, "OVERLAP": (0,)}
 

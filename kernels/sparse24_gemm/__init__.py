@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .. import sass
 from ..contract import Cost, Dim, Impl, Kernel, Launch, TensorSpec
 from ..int4_gemm import (KRES_MAX_K, KRES_SPACE, WGMMA_SPACE, kres_heuristic, kres_rows, tiles,
                          wgmma_limits)
@@ -148,6 +149,7 @@ CUDA_WGMMA = Impl(
     heuristic=_wgmma_heuristic,
     arch_suffix="a",
     ccs=((9, 0),),
+    binary_check=sass.overlap_check,   # OVERLAP's two register sets must stay apart in the SASS
 )
 
 

@@ -1,10 +1,14 @@
-"""Registers that the SASS of a pipelined warpgroup-MMA loop overwrites while a wgmma may still
-read them. A wgmma with its A operand in registers (``HGMMA Rd, Ra, gdesc[..]``: Ra .. Ra + 3)
-and the sparse form's metadata register (``HGMMA.SP .., Re, sel``) reads them asynchronously
-until a ``WARPGROUP.DEPBAR`` retires its group, but ptxas (NVRTC 13.0 and 13.5 alike) allocates
-as if the reads were done at issue: INT4 ``cuda_wgmma`` with OVERLAP 1 had both register sets in
-R56 .. R71 and the next stage's dequantisation overwrote the running stage's fragments (wrong
-results on an H100, 2026-12-07).
+"""SASS of compiled CUDA kernels, through the cuobjdump that Triton bundles, and a check of it.
+
+``overlap_register_hazards``: registers that the SASS of a pipelined warpgroup-MMA loop
+overwrites while a wgmma may still read them. A wgmma with its A operand in registers (``HGMMA
+Rd, Ra, gdesc[..]``: Ra .. Ra + 3) and the sparse form's metadata register (``HGMMA.SP .., Re,
+sel``) reads them asynchronously until a ``WARPGROUP.DEPBAR`` retires its group, but ptxas (NVRTC
+13.0 and 13.5 alike) allocates as if the reads were done at issue: INT4 ``cuda_wgmma`` with
+OVERLAP 1 had both register sets in R56 .. R71 and the next stage's dequantisation overwrote the
+running stage's fragments (wrong results on an H100, 2026-12-07). Whether a binary has such
+writes depends on the compiler, so kernels whose OVERLAP relies on their absence check every
+binary they build (``Impl.binary_check``).
 
 The check, for the OVERLAP pipeline (stages alternate between two register sets, each stage
 retiring all but its own group): a group's registers may be written only in its own straight-line
@@ -12,6 +16,9 @@ code ahead of its first HGMMA -- anywhere else in the loop, or after it before t
 wait, the write can meet the group (or its previous instance) still running. Writes are taken as
 the first operand of an instruction that has a destination, of the width its suffix says."""
 import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 _LINE = re.compile(r"/\*([0-9a-f]{4,6})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
 _NO_DEST = {"ST", "STS", "STG", "STL", "STSM", "BRA", "BAR", "EXIT", "DEPBAR", "WARPGROUP", "LDGSTS",
@@ -84,3 +91,41 @@ def overlap_register_hazards(sass: str) -> list:
                 hazards.append(f"{code[i][0]:#06x} {code[i][1]} writes R{min(clash)} of the group at "
                                f"{code[g_first][0]:#06x}")
     return hazards
+
+
+def cuobjdump() -> Path:
+    """Triton's bundled cuobjdump (FileNotFoundError where it is missing)."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        raise FileNotFoundError(f"Triton's bundled cuobjdump is missing ({tool})")
+    return tool
+
+
+def disassemble(cubin: bytes, flag: str = "-sass") -> str:
+    """``cuobjdump -sass`` (or ``flag``: -elf for the kernel's attributes) of a cubin."""
+    tool = cuobjdump()
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        done = subprocess.run([str(tool), flag, f.name], capture_output=True, text=True)
+    # cuobjdump prints every section of -elf, then "Unrecognized opcode" and exits 1
+    if done.returncode and not (flag == "-elf" and "EIATTR" in done.stdout):
+        raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+    return done.stdout
+
+
+def overlap_check(cubin: bytes, consts) -> str | None:
+    """``Impl.binary_check`` of a kernel on wgmma_tiles.cuh: with OVERLAP, refuse a binary whose
+    SASS overwrites registers that a running wgmma reads (or that cannot be checked)."""
+    if not consts.get("OVERLAP"):
+        return None
+    try:
+        hazards = overlap_register_hazards(disassemble(cubin))
+    except (FileNotFoundError, subprocess.CalledProcessError) as e:
+        return f"OVERLAP 1 needs its SASS checked, which failed ({e}); use OVERLAP 0"
+    if hazards:
+        return (f"this compiler's SASS overwrites registers a running wgmma reads ({len(hazards)} "
+                f"writes, first: {hazards[0]}), so OVERLAP 1 would give wrong results; use OVERLAP 0")
+    return None
