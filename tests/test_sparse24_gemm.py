@@ -133,3 +133,21 @@ def test_overlap_keeps_one_stage_in_flight(bt, rblk, stages, bias):
     assert sass.count("WARPGROUP.DEPBAR.LE gsb0, 0x1") == 2, config
     assert sass.count("WARPGROUP.DEPBAR.LE gsb0, 0x0") == 1, config
     assert overlap_register_hazards(sass) == [], config
+
+
+@pytest.mark.parametrize("m, n, k, want", [
+    (4096, 4096, 4096, {"BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 1, "RBLK": 1}),
+    (16000, 256, 1024, {"BT": 128, "MT": 1, "STAGES": 5, "OVERLAP": 1, "RBLK": 2}),
+    (9000, 256, 1024, {"BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 1, "RBLK": 1}),   # M / 128 < 90 % of the SMs
+    (16000, 1024, 256, {"BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0, "RBLK": 1}),
+])
+def test_wgmma_heuristic_takes_the_measured_configs(m, n, k, want):
+    """cuda_wgmma's default on an H100 at the shapes BENCHMARKS.md measured (eighth session:
+    OVERLAP 1 at K > 256; RBLK 2 where N <= 256 and M / 128 CTAs fill the SMs), each valid."""
+    from kernels import gpu
+
+    impl = KERNEL.impl("cuda_wgmma")
+    shape = {"M": m, "N": n, "K": k, "with_bias": 0}
+    config = impl.heuristic(shape, "float16", gpu.by_name("h100"))
+    assert config == {"WG": 2, **want}
+    assert impl.valid(config, shape, "float16", gpu.by_name("h100")) is None

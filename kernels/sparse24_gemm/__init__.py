@@ -115,8 +115,9 @@ def _wgmma_heuristic(shape, dtype, gpu):
     weight rows per CTA where N allows: a grid of 128 x 128 tiles that covers the SMs takes, at
     K <= 256, four token tiles of 128 per CTA in a pipeline of 3 stages (16000x1024x256: 22.30 us;
     5 stages 26.61); at larger K one tile of 256 tokens, 4 stages and OVERLAP (4096³: 179.49
-    against 192.82 without) -- or, where N is at most 256, two row blocks per warpgroup (the
-    whole N in one CTA), 128 tokens and 5 stages (16000x256x1024: 17.33 against 18.35).
+    against 192.82 without) -- or, where N is at most 256 and M / 128 CTAs still fill 90 % of the
+    SMs, two row blocks per warpgroup (the whole N in one CTA), 128 tokens and 5 stages
+    (16000x256x1024: 17.33 against 18.35; 125 CTAs on 132 SMs).
     A smaller grid: 64 tokens and the deepest pipeline that fits."""
     sms = gpu.sms if gpu else tiles.DEFAULT_SMS
     per_block = gpu.smem_per_block if gpu else 2 * tiles.DEFAULT_SMEM
@@ -124,7 +125,7 @@ def _wgmma_heuristic(shape, dtype, gpu):
     if shape["M"] > 64 and -(-shape["M"] // 128) * -(-shape["N"] // (64 * wg)) >= sms:
         if shape["K"] <= 256:
             return {"WG": wg, "BT": 128, "MT": 4, "STAGES": 3, "OVERLAP": 0, "RBLK": 1}
-        if 128 < shape["N"] <= 256:
+        if 128 < shape["N"] <= 256 and -(-shape["M"] // 128) >= 0.9 * sms:   # its grid: M / 128
             return {"WG": 2, "BT": 128, "MT": 1, "STAGES": 5, "OVERLAP": 1, "RBLK": 2}
         return {"WG": wg, "BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 1, "RBLK": 1}
     config = {"WG": wg, "BT": 64, "MT": 1, "OVERLAP": 0, "RBLK": 1}
