@@ -19,6 +19,10 @@
 // put in registers (wgmma.wait_group 1, loads one stage less ahead); consecutive stages use two
 // register sets in turn, since the tensor cores read a stage's A registers until its wait (a
 // copy would not keep them: the first version did that and gave wrong results on an H100).
+// Whether the two sets stay apart is ptxas's choice, not the source's (it allocates as if a
+// wgmma read its registers at issue): for w4a16_wgmma.cu it merged them (wrong results), so
+// that kernel has no OVERLAP; sparse24_wgmma.cu's binaries are checked when built
+// (kernels/sass.py, Impl.binary_check).
 // WgTiles<WG (1/2), BT (64/128/256), MT (1/2/4/8), STAGES, OVERLAP (0/1), BIAS, W_BYTES (the
 // weight's shared memory per stage), SMEM (the kernel's dynamic shared memory), RBLK (1/2: m64
 // row blocks per warpgroup, so BN = 64 WG RBLK: more weight rows share each x tile)>.
