@@ -200,9 +200,13 @@ def _launch_triton(impl, launch, grid, env, values, shape, scalars, consts) -> N
 def cuda_cubin(impl: Impl, consts: Mapping[str, int], dtype: str, arch: str) -> bytes:
     """Compile a CUDA implementation for one set of constants and an architecture (cached);
     ``arch`` is the family (sm_90), the impl's ``arch_suffix`` picks its specific target. A
-    binary that the impl's ``binary_check`` refuses raises ValueError (before any launch)."""
+    binary that the impl's ``binary_check`` refuses raises BinaryRefused (before any launch)."""
     return _cuda_binary(cuda_source(impl, consts), _cuda_files(impl)[-1].name, arch + impl.arch_suffix,
                         tuple(cuda_macros(dtype).items()), impl.binary_check, tuple(consts.items()))
+
+
+class BinaryRefused(ValueError):
+    """A compiled binary that its implementation's ``binary_check`` refuses to run."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -212,7 +216,7 @@ def _cuda_binary(source: str, name: str, arch: str, macros: tuple, check, consts
     cubin = nvrtc.compile_source(source, name, arch, dict(macros))
     reason = check(cubin, dict(consts)) if check else None
     if reason:
-        raise ValueError(f"{name} for {arch} with {dict(consts)}: {reason}")
+        raise BinaryRefused(f"{name} for {arch} with {dict(consts)}: {reason}")
     return cubin
 
 

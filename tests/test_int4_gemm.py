@@ -208,7 +208,7 @@ def test_overlap_would_overwrite_running_a_fragments(bt):
     hazards = sass.overlap_register_hazards(sass_of_constants(impl, consts))
     assert any("HGMMA" not in h for h in hazards), hazards
     checked = dataclasses.replace(impl, binary_check=sass.overlap_check)
-    with pytest.raises(ValueError, match="overwrites registers a running wgmma reads"):
+    with pytest.raises(launch.BinaryRefused, match="overwrites registers a running wgmma reads"):
         launch.cuda_cubin(checked, consts, "float16", "sm_90")
     launch.cuda_cubin(checked, {**consts, "OVERLAP": 0}, "float16", "sm_90")   # passes without
 

@@ -151,3 +151,23 @@ def test_wgmma_heuristic_takes_the_measured_configs(m, n, k, want):
     config = impl.heuristic(shape, "float16", gpu.by_name("h100"))
     assert config == {"WG": 2, **want}
     assert impl.valid(config, shape, "float16", gpu.by_name("h100")) is None
+
+
+def test_wgmma_heuristic_drops_overlap_where_the_binary_is_refused(monkeypatch):
+    """Where this machine's compiler gives an OVERLAP binary that the register check refuses
+    (forced here: the check reports a hazard), launching that config is a clear error before any
+    launch and the default falls back to the same tiles without OVERLAP."""
+    from kernels import gpu, launch, sass
+
+    impl = KERNEL.impl("cuda_wgmma")
+    shape = {"M": 4096, "N": 4096, "K": 4096, "with_bias": 0}
+    h100 = gpu.by_name("h100")
+    monkeypatch.setattr(sass, "overlap_register_hazards", lambda text: ["0x1000 IMAD writes R152 (forced)"])
+    launch._cuda_binary.cache_clear()
+    try:
+        config = impl.heuristic(shape, "float16", h100)
+        assert config == {"WG": 2, "BT": 256, "MT": 1, "STAGES": 4, "OVERLAP": 0, "RBLK": 1}
+        with pytest.raises(launch.BinaryRefused, match="OVERLAP 1 would give wrong results"):
+            launch.cuda_cubin(impl, impl.constants({**config, "OVERLAP": 1}, shape, "float16"), "float16", "sm_90")
+    finally:
+        launch._cuda_binary.cache_clear()   # no refused or unchecked binary outlives the stub

@@ -111,6 +111,20 @@ def _wgmma_valid(config, shape, dtype, gpu):
 
 
 def _wgmma_heuristic(shape, dtype, gpu):
+    """The tiles below, with OVERLAP where this machine's compiler builds a binary that passes
+    the register check (kernels/sass.py), else the same tiles without it."""
+    config = _wgmma_tiles(shape, gpu)
+    if config["OVERLAP"] and CUDA_WGMMA.runs_on(gpu):
+        from .. import launch
+
+        try:
+            launch.cuda_cubin(CUDA_WGMMA, _wgmma_constants(config, shape, dtype), dtype, gpu.arch)
+        except launch.BinaryRefused:
+            config["OVERLAP"] = 0
+    return config
+
+
+def _wgmma_tiles(shape, gpu):
     """From the H100 sweeps of BENCHMARKS.md (2026-12-07, seventh and eighth sessions), 128
     weight rows per CTA where N allows: a grid of 128 x 128 tiles that covers the SMs takes, at
     K <= 256, four token tiles of 128 per CTA in a pipeline of 3 stages (16000x1024x256: 22.30 us;
