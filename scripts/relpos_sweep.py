@@ -8,6 +8,7 @@ replays over rotated input sets larger than the L2 (kernels.timing.bench_graph, 
 Compiles run in parallel processes first (NVRTC's disk cache then serves the timing process).
 
     python3 scripts/relpos_sweep.py [--T 500 2000] [--rel 1] [--dk 64] [--top 8] [--impl cuda cuda_wgmma]
+                                    [--only BN=64 MT=1,2 ...]
 """
 import argparse
 import itertools
@@ -28,8 +29,10 @@ def _shape(t, rel, dk, b=32):
     return {"B": b, "T": t, "H": 4, "DK": dk, "chunk": 0, "left_chunks": -1, "packed": 0, "rel": rel}
 
 
-def _configs(impl, shape, spec):
-    every = (dict(zip(impl.space, v)) for v in itertools.product(*impl.space.values()))
+def _configs(impl, shape, spec, only):
+    space = {name: tuple(v for v in values if name not in only or v in only[name])
+             for name, values in impl.space.items()}
+    every = (dict(zip(space, v)) for v in itertools.product(*space.values()))
     return [c for c in every if impl.valid(c, shape, "float16", spec) is None]
 
 
@@ -47,12 +50,20 @@ def main():
     ap.add_argument("--dk", type=int, default=64, choices=(32, 64, 128))
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--impl", nargs="+", default=["cuda", "cuda_wgmma"])
+    ap.add_argument("--only", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="restrict the spaces: NAME=INT[,INT...] (names absent from an impl's space are ignored)")
     args = ap.parse_args()
+    only = {}
+    for item in args.only:
+        name, _, value = item.partition("=")
+        if not name or not all(v.lstrip("-").isdigit() for v in value.split(",")):
+            ap.error(f"--only {item!r}: want NAME=INT[,INT...]")
+        only[name] = tuple(int(v) for v in value.split(","))
     spec = gpus.running().spec
     cudas = [K.impl(name) for name in args.impl if K.impl(name).runs_on(spec)]
     triton_impl = K.impl("triton")
     jobs = [(impl.name, c, _shape(t, args.rel, args.dk), spec.arch) for t in args.T for impl in cudas
-            for c in _configs(impl, _shape(t, args.rel, args.dk), spec)]
+            for c in _configs(impl, _shape(t, args.rel, args.dk), spec, only)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         list(tqdm(pool.map(_compile, jobs), total=len(jobs), desc="compile"))
     failed = []
@@ -72,7 +83,7 @@ def main():
 
         rows = []
         for impl in cudas:
-            for config in tqdm(_configs(impl, shape, spec), desc=f"{impl.name} T={t}"):
+            for config in tqdm(_configs(impl, shape, spec, only), desc=f"{impl.name} T={t}"):
                 v = verify.verify(K, impl, config, {**shape, "B": 4}, "float16", "cuda", seed=t)
                 if not v.ok:
                     failed.append(f"{impl.name} T={t} {config}: {v}")
