@@ -37,7 +37,9 @@ CUDA space (120 configs); multivariate TPE managed 83 and 79 of 100 for the Trit
 
 A claim whose owner process is dead (same host: its pid is gone; another host: older than
 ``stale_after``) is released and its trial told FAIL, so nothing waits for it and its config is
-measured again by whoever gets there first.
+measured again by whoever gets there first. Two runs can be handed the same enqueued trial (on
+SQLite optuna cannot lock the row it pops): the one whose claim fails leaves it to the other,
+and a measurement whose trial the other run ended first is added to the study as a new trial.
 """
 from __future__ import annotations
 
@@ -197,6 +199,8 @@ class Search:
                     self._redirect(config, {c.config for c in claims} | {key}, trial.number)
                     continue
                 claims = self._claims()
+                if any(c.trial == trial.number for c in claims):
+                    continue    # another run was handed this enqueued trial too (_finish)
                 taken = {c.config for c in claims}
                 if self._spent(claims):     # another run took the last trial of the budget
                     self._finish(trial, TrialState.FAIL, "budget", "the budget is claimed")
@@ -214,11 +218,16 @@ class Search:
         """Record a measurement (an :class:`autotune.evaluate.Measurement`) of ``proposal``."""
         seconds = time.monotonic() - proposal.started
         with translated(self.store.url):
-            if m.outcome == "ok":
-                self._finish(proposal.trial, TrialState.COMPLETE, "ok", m.detail, m.median_us,
-                             m.spread_us)
-            else:
-                self._finish(proposal.trial, TrialState.FAIL, m.outcome, m.detail)
+            state = TrialState.COMPLETE if m.outcome == "ok" else TrialState.FAIL
+            value = m.median_us if m.outcome == "ok" else None
+            spread = m.spread_us if m.outcome == "ok" else None
+            if not self._finish(proposal.trial, state, m.outcome, m.detail, value, spread):
+                # another run handed the same trial ended it unmeasured: keep the measurement
+                self.study.add_trial(optuna.trial.create_trial(
+                    params=proposal.trial.params, distributions=proposal.trial.distributions,
+                    value=value, state=state, user_attrs={
+                        "config": proposal.config,
+                        "result": _result(m.outcome, m.detail, spread)}))
             self.store.finish_claim(self.name, proposal.key, proposal.trial.number, m.outcome,
                                     seconds)
 
@@ -228,11 +237,16 @@ class Search:
             self._finish(proposal.trial, TrialState.FAIL, "abandoned", "run interrupted")
             self.store.release_claim(self.name, proposal.key, proposal.trial.number)
 
-    def _finish(self, trial, state, outcome: str, detail: str, value=None, spread=None) -> None:
-        """Tell the trial's end; its user attribute "result" says why (one write)."""
-        trial.set_user_attr("result", {"outcome": outcome, "detail": detail[:500],
-                                       "spread_us": spread})
-        self.study.tell(trial, value, state=state)
+    def _finish(self, trial, state, outcome: str, detail: str, value=None, spread=None) -> bool:
+        """Tell the trial's end; its user attribute "result" says why (one write). False if
+        another run told it first: optuna pops an enqueued trial by reading its state and then
+        updating it, which SQLite cannot lock, so two runs can be handed the same trial
+        (optuna/optuna#1014, #4621); the claims keep them from measuring its config twice."""
+        try:
+            trial.set_user_attr("result", _result(outcome, detail, spread))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        return self.study.tell(trial, value, state=state, skip_if_finished=True).state == state
 
     def _redirect(self, anchor, claimed: set[str], number: int) -> None:
         """Enqueue the unclaimed valid config nearest to ``anchor`` (ties: seeded random)."""
@@ -296,6 +310,10 @@ class Search:
     def best(self):
         """(config, median µs, spread µs) of the fastest verified config, or None."""
         return best_of(self.study)
+
+
+def _result(outcome: str, detail: str, spread) -> dict:
+    return {"outcome": outcome, "detail": detail[:500], "spread_us": spread}
 
 
 def outcome(trial) -> str:

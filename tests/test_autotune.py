@@ -18,6 +18,7 @@ import pytest
 import kernels
 from autotune import run, search, space
 from autotune.search import outcome
+from autotune.evaluate import Measurement
 from autotune.space import Budget
 from cache import open_store
 from kernels import launch
@@ -263,3 +264,43 @@ def test_the_valid_space_comes_from_the_contract():
     assert valid == [c for c in every
                      if impl.valid(c, dict(task.shape), "float16", H100.spec) is None]
     assert 0 < len(valid) < len(every)
+
+
+def _two_runs_on_one_study(db):
+    """Two Searches of one study, as two tuner processes would hold them (owners apart)."""
+    task, = tasks(("cuda",), residual=(1,))
+    a = search.Search(task, db, "h100", H100.spec, Budget(6))
+    b = search.Search(task, db, "h100", H100.spec, Budget(6))
+    b.owner = f"{search.HOST}:another-run"
+    return a, b
+
+
+def test_an_enqueued_trial_handed_to_two_runs_is_measured_by_the_one_that_claims_it(db, monkeypatch):
+    """optuna pops an enqueued trial by reading, then updating its state, which SQLite cannot
+    lock: two runs can be handed the same trial (optuna/optuna#1014). The run whose claim fails
+    leaves the trial to the other one, whose measurement is then recorded on it."""
+    a, b = _two_runs_on_one_study(db)
+    pa = a.next()                               # the enqueued heuristic
+    real_ask = b.study.ask
+    handed = iter([optuna.trial.Trial(b.study, pa.trial._trial_id)])
+    monkeypatch.setattr(b.study, "ask", lambda *args, **kw: next(handed, None) or real_ask(*args, **kw))
+    pb = b.next()
+    assert pb is not None and pb.trial.number != pa.trial.number and pb.key != pa.key
+    a.report(pa, Measurement("ok", 3.0, 0.1))
+    b.report(pb, Measurement("ok", 4.0, 0.1))
+    done = {t.number: t for t in a.study.get_trials(deepcopy=False)}
+    assert done[pa.trial.number].state == optuna.trial.TrialState.COMPLETE
+    assert done[pa.trial.number].value == 3.0 and a.best()[1] == 3.0
+
+
+def test_a_measurement_whose_trial_another_run_ended_is_kept_in_a_new_trial(db):
+    """If the other run handed the same trial ends it first (withdrawn past the budget), the
+    measurement of the run that claimed its config is not lost: it is added as a trial."""
+    a, b = _two_runs_on_one_study(db)
+    pa = a.next()
+    b._finish(optuna.trial.Trial(b.study, pa.trial._trial_id), optuna.trial.TrialState.FAIL,
+              "withdrawn", "claimed at the same time as another run's claim past the budget")
+    a.report(pa, Measurement("ok", 2.5, 0.2))
+    ok = [t for t in a.study.get_trials(deepcopy=False) if outcome(t) == "ok"]
+    assert [(t.value, search.trial_config(t)) for t in ok] == [(2.5, pa.config)]
+    assert a.best() == (pa.config, 2.5, 0.2) and a.measured() == 1
