@@ -1,7 +1,8 @@
 """The tuner's search on CPU, with a synthetic evaluator injected (no GPU, no measured time):
 finding the optimum within the budget, the grid for small spaces, invalid configs never
 evaluated, failures recorded once, persistence and warm runs, a changed source, resuming after a
-kill, and two processes sharing the studies of one SQLite file."""
+kill, two processes sharing the studies of one SQLite file, and one enqueued trial handed to two
+runs."""
 import io
 import itertools
 import multiprocessing
