@@ -10,15 +10,24 @@ import triton.language as tl
 _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
-@triton.jit
-def wait_for_predecessor(GDC: tl.constexpr):
-    """With GDC=1 (set for a programmatic dependent launch by kernels/launch.py and plugin_gen on
-    sm_90+): wait until the grid before this one has finished and its memory is visible, then
-    let the next grid start launching. Call it before the first access to memory an earlier
-    kernel may write or read; with GDC=0 it is nothing."""
-    if GDC:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+if hasattr(tl.extra.cuda, "gdc_wait"):   # Triton 3.4+
+    @triton.jit
+    def wait_for_predecessor(GDC: tl.constexpr):
+        """With GDC=1 (set for a programmatic dependent launch by kernels/launch.py and plugin_gen
+        on sm_90+): wait until the grid before this one has finished and its memory is visible,
+        then let the next grid start launching. Call it before the first access to memory an
+        earlier kernel may write or read; with GDC=0 it is nothing."""
+        if GDC:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+else:
+    # Triton 3.3 has no grid dependency control, and its JIT resolves every attribute of a body,
+    # an untaken branch's too, so the call above would fail to compile even with GDC=0; its
+    # launches are plain ones (launch.triton_has_pdl).
+    @triton.jit
+    def wait_for_predecessor(GDC: tl.constexpr):
+        """Nothing: this Triton cannot make programmatic dependent launches (GDC is 0)."""
+        tl.static_assert(GDC == 0, "this Triton has no grid dependency control (3.4+)")
 
 
 @triton.jit

@@ -80,7 +80,7 @@ def _dw_silu(H, B1, DWW, DWB, rows, t, ln, T, ch, D: tl.constexpr, K: tl.constex
         v = tl.load(H + (rows + (j - LEFT))[:, None] * D + ch[None, :],
                     mask=inside[:, None] & cm[None, :], other=0.0).to(tl.float32)
         if not MASK_GLU:
-            fill = (s < T) & ~inside
+            fill = (s < T) & ((s < 0) | (s >= ln))   # not inside (no ~: Triton 3.3's interpreter lacks it)
             if not CAUSAL:
                 fill = fill & (s >= 0)   # "same" padding before the start is 0
             v = tl.where(fill[:, None], g0[None, :], v)
