@@ -97,10 +97,11 @@ def triton_pdl_args() -> dict:
 
 def triton_has_pdl() -> bool:
     """Whether this Triton can make a programmatic dependent launch of a kernel that waits."""
-    import triton.language as tl
     from triton.backends.nvidia.compiler import CUDAOptions
 
-    return "launch_pdl" in CUDAOptions.__dataclass_fields__ and hasattr(tl.extra.cuda, "gdc_wait")
+    from .triton_common import HAS_GDC
+
+    return "launch_pdl" in CUDAOptions.__dataclass_fields__ and HAS_GDC
 
 
 def bind(kernel: Kernel, tensors: Mapping[str, torch.Tensor | None], shape, dtype: str,

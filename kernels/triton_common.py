@@ -10,7 +10,9 @@ import triton.language as tl
 _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
-if hasattr(tl.extra.cuda, "gdc_wait"):   # Triton 3.4+
+HAS_GDC = hasattr(tl.extra.cuda, "gdc_wait")   # grid dependency control: Triton 3.4+
+
+if HAS_GDC:
     @triton.jit
     def wait_for_predecessor(GDC: tl.constexpr):
         """With GDC=1 (set for a programmatic dependent launch by kernels/launch.py and plugin_gen
