@@ -63,6 +63,12 @@ def get_function(cubin: bytes, name: str, dynamic_smem: int = 0) -> cu.CUfunctio
             check(cu.cuFuncSetAttribute(
                 fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 dynamic_smem), "cuFuncSetAttribute(max dynamic shared memory)")
+            # all of the L1 / shared-memory split as shared memory, so that as many CTAs fit on a
+            # multiprocessor as their shared memory allows (as Triton's launcher prefers shared)
+            check(cu.cuFuncSetAttribute(
+                fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                int(cu.CUshared_carveout.CU_SHAREDMEM_CARVEOUT_MAX_SHARED)),
+                "cuFuncSetAttribute(shared memory carveout)")
     return fn
 
 

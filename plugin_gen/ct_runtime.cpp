@@ -136,6 +136,11 @@ int32_t load_context(const Driver& d, std::unique_ptr<ContextState>* out) {  // 
     if (allow > 0) {
       r = d.cuFuncSetAttribute(h, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                static_cast<int>(allow));
+      // the whole L1 / shared split as shared memory: as many CTAs per multiprocessor as their
+      // shared memory allows (kernels/driver.py does the same)
+      if (r == CUDA_SUCCESS)
+        r = d.cuFuncSetAttribute(h, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                                 CU_SHAREDMEM_CARVEOUT_MAX_SHARED);
       if (r != CUDA_SUCCESS)
         return fail(CUDA_ERROR, cu_error(d, r, "cuFuncSetAttribute") + " for " + fn.entry);
     }

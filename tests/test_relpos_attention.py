@@ -299,3 +299,29 @@ def test_register_skew_needs_no_shared_band(arch):
             assert stores > 2 * q_stores
     assert smem["registers"] <= smem["shared"] and smem["heuristic"] <= smem["shared"]
     assert "no band" in cuda.valid({**base, "SKEW": 1}, {**shape, "rel": 0}, "float16", None)
+
+
+def test_wgmma_register_skew_is_warp_uniform_and_fits_two_ctas_per_sm():
+    """cuda_wgmma with SKEW 1 at issue 5's shape (BN 128, one warpgroup): each warp's skew is a
+    case of a switch on the warp's index; ptxas compiles its shuffles as plain SHFL only where it
+    knows the switch is warp-uniform (else every shuffle is a possibly divergent collective,
+    WARPSYNC ... ENDCOLLECTIVE), and q + u, q + v staged in the last stage leave room for two
+    CTAs on an H100 multiprocessor (228 KB, 1 KB of it reserved per CTA) and their registers
+    (2 x 128 threads x at most 255)."""
+    import re
+
+    from kernels import gpu
+    from tests.sass import sass_of
+
+    impl = K.impl("cuda_wgmma")
+    shape = _shape(b=32, t=2000, h=4, dk=64)
+    h100 = gpu.by_name("h100")
+    config = {"BN": 128, "WG": 1, "STAGES": 2, "CARRY": 0, "SKEW": 1}
+    assert impl.valid(config, shape, "float16", h100) is None
+    sass = sass_of("relpos_attention", "cuda_wgmma", config, shape)
+    assert "ENDCOLLECTIVE" not in sass and "WARPSYNC" not in sass
+    assert len(re.findall(r"\bSHFL\.IDX\b", sass)) >= 4 * 64   # 64 per warp's case and block
+    smem = contract.resolved_constants(K, impl, config, shape, "float16")["SMEM"]
+    assert 2 * (smem + 1024) <= h100.smem_per_sm, smem
+    usage = sass_of("relpos_attention", "cuda_wgmma", config, shape, flag="-res-usage")
+    assert re.search(r"LOCAL:0\b", usage) and re.search(r"STACK:0\b", usage), usage

@@ -249,12 +249,14 @@ def _wgmma_band_stride(bn: int) -> int:
 
 def _wgmma_smem(config, shape) -> int:
     """relpos_attn_wgmma.cu's layout: STAGES x (K, V and the block's rows of p: BN + 64 WG in
-    the ESPnet form, BN in WeNet's), q + u (and q + v), each warp's band (ESPnet form), and
-    1024 bytes to align the swizzle atoms."""
+    the ESPnet form, BN in WeNet's), q + u (and q + v) in the last stage where they fit (else
+    after the stages), each warp's band (ESPnet form), and 1024 bytes to align the swizzle
+    atoms."""
     bn, wg, rel, rb = config["BN"], config["WG"], shape["rel"], 2 * shape["DK"]
     p_rows = bn + 64 * wg if rel == 1 else bn if rel == 2 else 0
     band = 4 * wg * 16 * _wgmma_band_stride(bn) * 4 if rel == 1 and not config["SKEW"] else 0
-    return config["STAGES"] * (2 * bn + p_rows) * rb + (1 + bool(rel)) * 64 * wg * rb + band + 1024
+    stage, q = (2 * bn + p_rows) * rb, (1 + bool(rel)) * 64 * wg * rb
+    return config["STAGES"] * stage + (0 if q <= stage else q) + band + 1024
 
 
 def _wgmma_registers(config, shape) -> int:

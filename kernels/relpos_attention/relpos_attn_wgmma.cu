@@ -40,8 +40,13 @@ constexpr int K_BYTES = BN * HEAD_DIM * 2;
 constexpr int STAGE_BYTES = 2 * K_BYTES + PW * HEAD_DIM * 2;
 constexpr int Q_BYTES = BM * HEAD_DIM * 2;
 constexpr int BAND_BYTES = REL == 1 && !SKEW ? 4 * WG * 16 * SB * 4 : 0;
+// q + u and q + v are staged once, then held as register fragments: where they fit, in the last
+// stage, which the loop's first issue() fills only after they are read (so that BN 128 with the
+// register skew fits two CTAs per SM)
+constexpr int QS_BYTES = (1 + (REL != 0)) * Q_BYTES;
+constexpr bool Q_IN_STAGE = QS_BYTES <= STAGE_BYTES;
 static_assert((HEAD_DIM == 64 || HEAD_DIM == 128) && BN % 64 == 0 && STAGES >= 2, "unsupported tile");
-static_assert(STAGES * STAGE_BYTES + (1 + (REL != 0)) * Q_BYTES + BAND_BYTES + 1024 <= SMEM,
+static_assert(STAGES * STAGE_BYTES + (Q_IN_STAGE ? 0 : QS_BYTES) + BAND_BYTES + 1024 <= SMEM,
               "tiles exceed SMEM");
 
 // Byte offset of 16-byte chunk q of row r in a tile of ROWS rows: panels of 64 dims, each ROWS
@@ -102,9 +107,9 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
                   const int* __restrict__ lengths, ct_t* __restrict__ out, int T) {
   extern __shared__ __align__(16) char smem_raw[];
   char* smem = smem_raw + ((1024 - (gt_smem(smem_raw) & 1023)) & 1023);  // the swizzle atom's alignment
-  char* s_qu = smem + STAGES * STAGE_BYTES;
+  char* s_qu = smem + (STAGES - (Q_IN_STAGE ? 1 : 0)) * STAGE_BYTES;
   char* s_qv = s_qu + Q_BYTES;
-  float* s_band = reinterpret_cast<float*>(s_qv + (REL ? Q_BYTES : 0));
+  float* s_band = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES + (Q_IN_STAGE ? 0 : QS_BYTES));
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wg = warp / 4, w = warp % 4;
   const int g = lane / 4, t = lane % 4;
   const AttnCta<BM, HEADS, HEAD_DIM, PACKED, REL> cta(qg, kg, vg, pg, lengths, T);
@@ -146,6 +151,7 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     gt_ldmatrix_x4(a_u[ks], s_qu + at<BM>(arow, 2 * ks + lane / 16));
     if (REL) gt_ldmatrix_x4(a_v[ks], s_qv + at<BM>(arow, 2 * ks + lane / 16));
   }
+  if constexpr (Q_IN_STAGE) __syncthreads();   // read before the loop's first issue() refills the stage
 
   const int i_lane = i0 + 64 * wg + 16 * w + g;   // this lane's query rows: i_lane, i_lane + 8
   int row_lo[2], row_hi[2];
@@ -207,7 +213,11 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 #pragma unroll
       for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
       const float (&bf)[32 * NBAND] = reinterpret_cast<const float (&)[32 * NBAND]>(band);
-      switch (w) {   // warp-uniform: each warp's own shift, with static register indices
+      // each warp's own shift, with static register indices. The switch is on a value ptxas
+      // knows is warp-uniform (lane 0's): on w itself it compiled every shuffle of the skew as a
+      // possibly divergent collective (WARPSYNC ... ENDCOLLECTIVE, with register copies around
+      // it), about 540 instructions per warp and block at BN 128 against 209 so
+      switch (__shfl_sync(0xffffffffu, w, 0)) {
         case 0: attn_skew_add<BN / 8, 8 * NBAND, 7, 6>(sf, bf, lane); break;
         case 1: attn_skew_add<BN / 8, 8 * NBAND, 5, 4>(sf, bf, lane); break;
         case 2: attn_skew_add<BN / 8, 8 * NBAND, 3, 2>(sf, bf, lane); break;
