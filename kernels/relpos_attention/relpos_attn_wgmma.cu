@@ -94,10 +94,11 @@ struct TileShare {
 };
 
 // K-major descriptor of the n64 piece ``piece`` of a tile of ROWS rows (from row ``row0``), k16
-// step kk.
+// step kk, from the descriptor ``tile`` of the tile's start: the start address field is linear
+// in the address (shared addresses stay below its 2^18-byte range), so one add.
 template <int ROWS>
-__device__ __forceinline__ unsigned long long kmajor(const char* tile, int row0, int piece, int kk) {
-  return wg_desc(gt_smem(tile) + (kk / 4) * ROWS * 128 + (row0 + 64 * piece) * 128 + (kk % 4) * 32);
+__device__ __forceinline__ unsigned long long kmajor(unsigned long long tile, int row0, int piece, int kk) {
+  return tile + (((kk / 4) * ROWS * 128 + (row0 + 64 * piece) * 128 + (kk % 4) * 32) >> 4);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
@@ -110,7 +111,10 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   char* s_qu = smem + (STAGES - (Q_IN_STAGE ? 1 : 0)) * STAGE_BYTES;
   char* s_qv = s_qu + Q_BYTES;
   float* s_band = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES + (Q_IN_STAGE ? 0 : QS_BYTES));
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wg = warp / 4, w = warp % 4;
+  // the warp's index as lane 0's: a value ptxas knows is warp-uniform, so that what derives from
+  // it (the band's descriptors, the skew's switch) stays in uniform registers and uniform code
+  const int lane = threadIdx.x % 32, warp = __shfl_sync(0xffffffffu, threadIdx.x / 32, 0);
+  const int wg = WG == 1 ? 0 : warp / 4, w = warp % 4;
   const int g = lane / 4, t = lane % 4;
   const AttnCta<BM, HEADS, HEAD_DIM, PACKED, REL> cta(qg, kg, vg, pg, lengths, T);
   const int b = cta.b, h = cta.h, i0 = cta.i0, length = cta.length;
@@ -167,14 +171,16 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   float* band_w = s_band + warp * 16 * SB;
   const int tile0 = 6 - 2 * w;   // the first band n8 tile warp w needs (column 48 - 16 w)
 
+  const unsigned long long desc_k0 = wg_desc(gt_smem(smem)), desc_v0 = wg_desc_mn64(gt_smem(smem) + K_BYTES);
+  static_assert(STAGE_BYTES % 16 == 0 && K_BYTES % 16 == 0, "descriptors move in 16-byte units");
   for (int block = 0; block < n_blocks; ++block) {
     issue(block + STAGES - 1);
     gt_cp_wait<STAGES - 1>();
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");   // cp.async writes -> wgmma reads
     __syncthreads();
-    const char* sk = smem + (block % STAGES) * STAGE_BYTES;
-    const char* sv = sk + K_BYTES;
-    const char* sp = sk + 2 * K_BYTES;
+    // the stage's descriptors: K and p K-major, V MN-major (stage 0's, moved by an add)
+    const int stage16 = (block % STAGES) * (STAGE_BYTES >> 4);
+    const unsigned long long dk = desc_k0 + stage16, dp = dk + (2 * K_BYTES >> 4), dv = desc_v0 + stage16;
     const int j0 = lo + block * BN;
 
     if constexpr (REL == 1 && CARRY) {   // windows step by BN: the last piece is the next block's first
@@ -190,18 +196,18 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 #pragma unroll
         for (int n = 0; n < NBAND; ++n)
           if (!CARRY || n > 0 || block == 0)
-            wg_mma(band[n], a_v[kk], kmajor<PW>(sp, 64 * (WG - 1 - wg), n, kk), kk);
+            wg_mma(band[n], a_v[kk], kmajor<PW>(dp, 64 * (WG - 1 - wg), n, kk), kk);
       wg_commit();
     }
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk)
 #pragma unroll
-      for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_u[kk], kmajor<BN>(sk, 0, n, kk), kk);
+      for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_u[kk], kmajor<BN>(dk, 0, n, kk), kk);
     if constexpr (REL == 2) {
 #pragma unroll
       for (int kk = 0; kk < KS; ++kk)
 #pragma unroll
-        for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_v[kk], kmajor<PW>(sp, 0, n, kk), 1);
+        for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_v[kk], kmajor<PW>(dp, 0, n, kk), 1);
     }
     wg_commit();
 
@@ -214,10 +220,10 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
       for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
       const float (&bf)[32 * NBAND] = reinterpret_cast<const float (&)[32 * NBAND]>(band);
       // each warp's own shift, with static register indices. The switch is on a value ptxas
-      // knows is warp-uniform (lane 0's): on w itself it compiled every shuffle of the skew as a
-      // possibly divergent collective (WARPSYNC ... ENDCOLLECTIVE, with register copies around
-      // it), about 540 instructions per warp and block at BN 128 against 209 so
-      switch (__shfl_sync(0xffffffffu, w, 0)) {
+      // knows is warp-uniform (above): on threadIdx.x / 32 it compiled every shuffle of the skew
+      // as a possibly divergent collective (WARPSYNC ... ENDCOLLECTIVE, with register copies
+      // around it), about 540 instructions per warp and block at BN 128 against 209 so
+      switch (w) {
         case 0: attn_skew_add<BN / 8, 8 * NBAND, 7, 6>(sf, bf, lane); break;
         case 1: attn_skew_add<BN / 8, 8 * NBAND, 5, 4>(sf, bf, lane); break;
         case 2: attn_skew_add<BN / 8, 8 * NBAND, 3, 2>(sf, bf, lane); break;
@@ -268,7 +274,7 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     for (int kk = 0; kk < BN / 16; ++kk)
 #pragma unroll
       for (int d = 0; d < HEAD_DIM / 64; ++d)
-        wg_mma<1>(o[d], pa[kk], wg_desc_mn64(gt_smem(sv) + d * BN * 128 + kk * 2048));
+        wg_mma<1>(o[d], pa[kk], dv + ((d * BN * 128 + kk * 2048) >> 4));
     wg_commit();
     wg_wait<0>();
     wg_keep(pa);
