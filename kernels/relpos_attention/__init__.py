@@ -303,9 +303,12 @@ def _wgmma_valid(config, shape, dtype, gpu):
 
 def _wgmma_heuristic(shape, dtype, gpu):
     """One warpgroup (64 queries) per CTA, two stages; 64 keys per block (128 at head dim 64,
-    where 64 is refused). Correct on an H100 (2026-12-07), slower there than ``cuda`` where timed
-    (BENCHMARKS.md)."""
-    return {"BN": 128 if shape["DK"] == 64 else 64, "WG": 1, "STAGES": 2, "CARRY": 0, "SKEW": 0}
+    where 64 is refused). At head dim 64 the ESPnet band is skewed in registers, which leaves
+    room for two CTAs per SM: the fastest config swept on an H100 at issue 5's shape, T 500 and
+    2000, and faster there than ``cuda`` (BENCHMARKS.md, 2026-12-08). At head dim 128 (not
+    timed) the band goes through shared memory, as before."""
+    return {"BN": 128 if shape["DK"] == 64 else 64, "WG": 1, "STAGES": 2, "CARRY": 0,
+            "SKEW": int(shape["rel"] == 1 and shape["DK"] == 64)}
 
 
 CUDA_WGMMA = Impl(
