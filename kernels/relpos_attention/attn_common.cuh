@@ -122,28 +122,41 @@ __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m
                                                    float (&o)[4 * OT], int j0, const int (&lo)[2],
                                                    const int (&hi)[2], bool masked, float scale,
                                                    int t) {
-  float mx[2] = {NEG_INF, NEG_INF};
+  // the mask in a branch of its own (ptxas predicates a per-element test into every block)
+  if (masked) {
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int half = e / 2, j = j0 + 8 * nt + 2 * t + e % 2;
-      if (masked && (j < lo[half] || j >= hi[half])) s[4 * nt + e] = NEG_INF;
-      mx[half] = fmaxf(mx[half], s[4 * nt + e]);
+    for (int i = 0; i < 4 * NT; ++i) {
+      const int half = (i % 4) / 2, j = j0 + 8 * (i / 4) + 2 * t + i % 2;
+      if (j < lo[half] || j >= hi[half]) s[i] = NEG_INF;
     }
   }
+  // each row's max and sum as four independent chains (element i % 2 of n8 tiles of one parity),
+  // not one dependent instruction per score
+  float mx[2][4];
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) mx[half][c] = NEG_INF;
+#pragma unroll
+  for (int i = 0; i < 4 * NT; ++i) {
+    float& x = mx[(i % 4) / 2][i % 2 + 2 * ((i / 4) % 2)];
+    x = fmaxf(x, s[i]);
+  }
   bool grow = false;
+  float row_max[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
-    mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
-    grow |= (mx[half] - m[half]) * scale > RESCALE_LOG2;
+    float x = fmaxf(fmaxf(mx[half][0], mx[half][1]), fmaxf(mx[half][2], mx[half][3]));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    row_max[half] = x;
+    grow |= (x - m[half]) * scale > RESCALE_LOG2;
   }
   if (__any_sync(0xffffffffu, grow)) {
     float alpha[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const float m_new = fmaxf(m[half], mx[half]);
+      const float m_new = fmaxf(m[half], row_max[half]);
       alpha[half] = exp2f((m[half] - m_new) * scale);
       m[half] = m_new;
       if (SUM) l[half] *= alpha[half];
@@ -152,10 +165,15 @@ __device__ __forceinline__ void attn_softmax_block(float (&s)[4 * NT], float (&m
     for (int i = 0; i < 4 * OT; ++i) o[i] *= alpha[(i % 4) / 2];
   }
   const float bias[2] = {-m[0] * scale, -m[1] * scale};
+  float sum[2][4] = {};
 #pragma unroll
   for (int i = 0; i < 4 * NT; ++i) {
     s[i] = exp2f(fmaf(s[i], scale, bias[(i % 4) / 2]));
-    if (SUM) l[(i % 4) / 2] += s[i];
+    sum[(i % 4) / 2][i % 2 + 2 * ((i / 4) % 2)] += s[i];
+  }
+  if (SUM) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) l[half] += (sum[half][0] + sum[half][1]) + (sum[half][2] + sum[half][3]);
   }
 }
 
@@ -177,14 +195,16 @@ __device__ __forceinline__ void attn_softmax_rows(float (&s)[4 * NT], float (&m)
 // t < beta (+ eps): each lane offers the value its destination needs, one shuffle per element.
 // No shared memory and no barrier, where storing the band and reading it back skewed (ESPnet's
 // pad-and-reshape as addressing) costs a round trip through shared memory per block.
-template <int NT, int NBT, int A0, int A1, bool SET = false>   // SET: s = the band's value
+// Only n8 tiles [NT0, NT1) of s (a piece whose band is ready while the rest is computed).
+template <int NT, int NBT, int A0, int A1, bool SET = false, int NT0 = 0, int NT1 = NT>   // SET: s = the band's value
 __device__ __forceinline__ void attn_skew_add(float (&s)[4 * NT], const float (&band)[4 * NBT], int lane) {
   static_assert(NT + (A0 > A1 ? A0 : A1) < NBT, "the band is narrower than the shift needs");
+  static_assert(0 <= NT0 && NT0 < NT1 && NT1 <= NT, "an empty or outside range of tiles");
   const int t = lane % 4, sig = 7 - lane / 4, beta = sig >> 1, eps = sig & 1;
   const int src0 = (lane & ~3) | ((t + beta) & 3), src1 = (lane & ~3) | ((t + beta + eps) & 3);
   const bool wrap0 = t < beta, wrap1 = t < beta + eps;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
+  for (int nt = NT0; nt < NT1; ++nt) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const float* lo = band + 4 * (nt + (hf ? A1 : A0)) + 2 * hf;

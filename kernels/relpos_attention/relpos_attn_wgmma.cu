@@ -45,7 +45,7 @@ constexpr int BAND_BYTES = REL == 1 && !SKEW ? 4 * WG * 16 * SB * 4 : 0;
 // register skew fits two CTAs per SM)
 constexpr int QS_BYTES = (1 + (REL != 0)) * Q_BYTES;
 constexpr bool Q_IN_STAGE = QS_BYTES <= STAGE_BYTES;
-static_assert((HEAD_DIM == 64 || HEAD_DIM == 128) && BN % 64 == 0 && STAGES >= 2, "unsupported tile");
+static_assert((HEAD_DIM == 64 || HEAD_DIM == 128) && (BN == 64 || BN == 128) && STAGES >= 2, "unsupported tile");
 static_assert(STAGES * STAGE_BYTES + (Q_IN_STAGE ? 0 : QS_BYTES) + BAND_BYTES + 1024 <= SMEM,
               "tiles exceed SMEM");
 
@@ -99,6 +99,28 @@ struct TileShare {
 template <int ROWS>
 __device__ __forceinline__ unsigned long long kmajor(unsigned long long tile, int row0, int piece, int kk) {
   return tile + (((kk / 4) * ROWS * 128 + (row0 + 64 * piece) * 128 + (kk % 4) * 32) >> 4);
+}
+
+// The register skew of s's n64 piece N (commit group N of the block, waited for here), each
+// warp with its own shift as static register indices. The switch is on a value ptxas knows is
+// warp-uniform (the kernel's ``w``): on threadIdx.x / 32 it compiled every shuffle of the skew
+// as a possibly divergent collective (WARPSYNC ... ENDCOLLECTIVE, with register copies around
+// it), about 540 instructions per warp and block at BN 128 against 209 so.
+template <int N>
+__device__ __forceinline__ void skew_piece(float (&sf)[BN / 2], const float (&bf)[32 * NBAND],
+                                           float (&band)[NBAND][32], float (&s)[BN / 64][32], int w,
+                                           int lane) {
+  wg_wait<BN / 64 - 1 - N>();
+#pragma unroll
+  for (int n = 0; n <= N + 1; ++n) wg_keep(band[n]);
+  wg_keep(s[N]);
+  constexpr int T0 = 8 * N, T1 = 8 * N + 8;
+  switch (w) {
+    case 0: attn_skew_add<BN / 8, 8 * NBAND, 7, 6, false, T0, T1>(sf, bf, lane); break;
+    case 1: attn_skew_add<BN / 8, 8 * NBAND, 5, 4, false, T0, T1>(sf, bf, lane); break;
+    case 2: attn_skew_add<BN / 8, 8 * NBAND, 3, 2, false, T0, T1>(sf, bf, lane); break;
+    default: attn_skew_add<BN / 8, 8 * NBAND, 1, 0, false, T0, T1>(sf, bf, lane); break;
+  }
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
@@ -190,75 +212,79 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
       }
     }
     wg_fence();
-    if constexpr (REL == 1) {   // the band first: its skew overlaps the tensor cores' q . k^T
-#pragma unroll
-      for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-        for (int n = 0; n < NBAND; ++n)
-          if (!CARRY || n > 0 || block == 0)
-            wg_mma(band[n], a_v[kk], kmajor<PW>(dp, 64 * (WG - 1 - wg), n, kk), kk);
-      wg_commit();
-    }
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-      for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_u[kk], kmajor<BN>(dk, 0, n, kk), kk);
-    if constexpr (REL == 2) {
-#pragma unroll
-      for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-        for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_v[kk], kmajor<PW>(dp, 0, n, kk), 1);
-    }
-    wg_commit();
-
     float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
     if constexpr (REL == 1 && SKEW) {
-      wg_wait<0>();
+      // one commit group per n64 piece n of s with the band pieces its skew needs (warp w's
+      // shift reaches at most 8 tiles past its own: pieces <= n + 1), so the skew of a piece
+      // runs while the tensor cores compute the next
 #pragma unroll
-      for (int n = 0; n < NBAND; ++n) wg_keep(band[n]);
+      for (int n = 0; n < BN / 64; ++n) {
 #pragma unroll
-      for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
+        for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+          for (int nb = n == 0 ? 0 : n + 1; nb <= n + 1; ++nb)
+            if (!CARRY || nb > 0 || block == 0)
+              wg_mma(band[nb], a_v[kk], kmajor<PW>(dp, 64 * (WG - 1 - wg), nb, kk), kk);
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) wg_mma(s[n], a_u[kk], kmajor<BN>(dk, 0, n, kk), kk);
+        wg_commit();
+      }
       const float (&bf)[32 * NBAND] = reinterpret_cast<const float (&)[32 * NBAND]>(band);
-      // each warp's own shift, with static register indices. The switch is on a value ptxas
-      // knows is warp-uniform (above): on threadIdx.x / 32 it compiled every shuffle of the skew
-      // as a possibly divergent collective (WARPSYNC ... ENDCOLLECTIVE, with register copies
-      // around it), about 540 instructions per warp and block at BN 128 against 209 so
-      switch (w) {
-        case 0: attn_skew_add<BN / 8, 8 * NBAND, 7, 6>(sf, bf, lane); break;
-        case 1: attn_skew_add<BN / 8, 8 * NBAND, 5, 4>(sf, bf, lane); break;
-        case 2: attn_skew_add<BN / 8, 8 * NBAND, 3, 2>(sf, bf, lane); break;
-        default: attn_skew_add<BN / 8, 8 * NBAND, 1, 0>(sf, bf, lane); break;
-      }
-    } else if constexpr (REL == 1) {
-      wg_wait<1>();   // the band is done; q . k^T may still run
-#pragma unroll
-      for (int n = 0; n < NBAND; ++n) wg_keep(band[n]);
-#pragma unroll
-      for (int i = 0; i < (BN + 64) / 8; ++i) {   // band n8 tile i: columns 8 i .. 8 i + 7
-        const int c = 8 * (i - tile0) + 2 * t;
-        if (i >= tile0 && i < tile0 + SB0 / 8) {   // warp-uniform
-          const float* d = band[i / 8] + 4 * (i % 8);
-          *reinterpret_cast<float2*>(band_w + g * SB + c) = make_float2(d[0], d[1]);
-          *reinterpret_cast<float2*>(band_w + (g + 8) * SB + c) = make_float2(d[2], d[3]);
-        }
-      }
-      __syncwarp();
-      wg_wait<0>();
-#pragma unroll
-      for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = 8 * nt + 2 * t + e;
-          sf[4 * nt + e] += band_w[g * SB + c + 15 - g];
-          sf[4 * nt + 2 + e] += band_w[(g + 8) * SB + c + 7 - g];
-        }
-      __syncwarp();   // every lane has read the band before the next block's is written
+      skew_piece<0>(sf, bf, band, s, w, lane);
+      if constexpr (BN > 64) skew_piece<1>(sf, bf, band, s, w, lane);
     } else {
-      wg_wait<0>();
+      if constexpr (REL == 1) {   // the band first: its skew overlaps the tensor cores' q . k^T
 #pragma unroll
-      for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
+        for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+          for (int n = 0; n < NBAND; ++n)
+            if (!CARRY || n > 0 || block == 0)
+              wg_mma(band[n], a_v[kk], kmajor<PW>(dp, 64 * (WG - 1 - wg), n, kk), kk);
+        wg_commit();
+      }
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+        for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_u[kk], kmajor<BN>(dk, 0, n, kk), kk);
+      if constexpr (REL == 2) {
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+          for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_v[kk], kmajor<PW>(dp, 0, n, kk), 1);
+      }
+      wg_commit();
+
+      if constexpr (REL == 1 && !SKEW) {
+        wg_wait<1>();   // the band is done; q . k^T may still run
+#pragma unroll
+        for (int n = 0; n < NBAND; ++n) wg_keep(band[n]);
+#pragma unroll
+        for (int i = 0; i < (BN + 64) / 8; ++i) {   // band n8 tile i: columns 8 i .. 8 i + 7
+          const int c = 8 * (i - tile0) + 2 * t;
+          if (i >= tile0 && i < tile0 + SB0 / 8) {   // warp-uniform
+            const float* d = band[i / 8] + 4 * (i % 8);
+            *reinterpret_cast<float2*>(band_w + g * SB + c) = make_float2(d[0], d[1]);
+            *reinterpret_cast<float2*>(band_w + (g + 8) * SB + c) = make_float2(d[2], d[3]);
+          }
+        }
+        __syncwarp();
+        wg_wait<0>();
+#pragma unroll
+        for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = 8 * nt + 2 * t + e;
+            sf[4 * nt + e] += band_w[g * SB + c + 15 - g];
+            sf[4 * nt + 2 + e] += band_w[(g + 8) * SB + c + 7 - g];
+          }
+        __syncwarp();   // every lane has read the band before the next block's is written
+      } else {
+        wg_wait<0>();
+#pragma unroll
+        for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
+      }
     }
 
     float (&of)[HEAD_DIM / 2] = reinterpret_cast<float (&)[HEAD_DIM / 2]>(o);
