@@ -123,3 +123,53 @@ __device__ __forceinline__ void wg_mma_sp(float (&d)[64], const unsigned (&a)[4]
                : WG_D64
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(e), "n"(SEL), "r"(acc));
 }
+
+// d (fp32, 64 x 64) = a * b (+ d where acc != 0) with both operands in shared memory, K-major
+// (descriptors a_desc: 64 x 16, b_desc: 64 x 16).
+__device__ __forceinline__ void wg_mma_ss(float (&d)[32], unsigned long long a_desc, unsigned long long b_desc,
+                                          int acc = 1) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." WG_TYPE "." WG_TYPE "\n" WG_D32_LIST
+               ",\n%32, %33, p, 1, 1, 0, 0;\n}\n"
+               : WG_D32
+               : "l"(a_desc), "l"(b_desc), "r"(acc));
+}
+
+// Warp specialisation (a producer warpgroup filling a ring of stages, consumer warpgroups
+// computing): mbarriers in shared memory (PTX ISA, "Parallel Synchronization and Communication
+// Instructions: mbarrier"), each with an expected arrival count per phase.
+__device__ __forceinline__ void mb_init(unsigned long long* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(gt_smem(bar)), "r"(count) : "memory");
+}
+
+// Wait until the phase of parity ``parity`` of ``bar`` has completed.
+__device__ __forceinline__ void mb_wait(unsigned long long* bar, unsigned parity) {
+  asm volatile("{\n.reg .pred done;\nWAIT_%=:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+               "@!done bra WAIT_%=;\n}\n" ::"r"(gt_smem(bar)), "r"(parity) : "memory");
+}
+
+__device__ __forceinline__ void mb_arrive(unsigned long long* bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(gt_smem(bar))
+               : "memory");
+}
+
+// This thread's arrival on ``bar``, made when all its cp.async issued so far have landed (noinc:
+// the arrival is one of the phase's expected count).
+__device__ __forceinline__ void mb_arrive_copies(unsigned long long* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(gt_smem(bar)) : "memory");
+}
+
+// Hand registers between warpgroups (setmaxnreg: every thread of the warpgroup executes it).
+template <int N>
+__device__ __forceinline__ void wg_regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void wg_regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+
+// Named barrier ``id`` over ``threads`` threads: wait there, or only arrive (not waiting).
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}

@@ -316,7 +316,7 @@ def test_wgmma_register_skew_is_warp_uniform_and_fits_two_ctas_per_sm():
     impl = K.impl("cuda_wgmma")
     shape = _shape(b=32, t=2000, h=4, dk=64)
     h100 = gpu.by_name("h100")
-    config = {"BN": 128, "WG": 1, "STAGES": 2, "CARRY": 0, "SKEW": 1}
+    config = {"BN": 128, "WG": 1, "STAGES": 2, "CARRY": 0, "SKEW": 1, "WS": 0, "PP": 0}
     assert impl.valid(config, shape, "float16", h100) is None
     sass = sass_of("relpos_attention", "cuda_wgmma", config, shape)
     assert "ENDCOLLECTIVE" not in sass and "WARPSYNC" not in sass

@@ -238,7 +238,8 @@ CUDA = Impl(
 
 # ---- CUDA, Hopper warpgroup MMA ------------------------------------------------------------
 
-WGMMA_SPACE = {"BN": (64, 128), "WG": (1, 2), "STAGES": (2, 3), "CARRY": (0, 1), "SKEW": (0, 1)}
+WGMMA_SPACE = {"BN": (64, 128), "WG": (1, 2), "STAGES": (2, 3), "CARRY": (0, 1), "SKEW": (0, 1),
+               "WS": (0, 1), "PP": (0, 1)}
 WGMMA_HEAD_DIMS = (64, 128)   # rows of 128-byte panels; d_k 32 stays with ``cuda``
 
 
@@ -250,13 +251,14 @@ def _wgmma_band_stride(bn: int) -> int:
 def _wgmma_smem(config, shape) -> int:
     """relpos_attn_wgmma.cu's layout: STAGES x (K, V and the block's rows of p: BN + 64 WG in
     the ESPnet form, BN in WeNet's), q + u (and q + v) in the last stage where they fit (else
-    after the stages), each warp's band (ESPnet form), and 1024 bytes to align the swizzle
-    atoms."""
+    after the stages; always after them with WS), each warp's band (ESPnet form), a full and an
+    empty mbarrier per stage (WS), and 1024 bytes to align the swizzle atoms."""
     bn, wg, rel, rb = config["BN"], config["WG"], shape["rel"], 2 * shape["DK"]
     p_rows = bn + 64 * wg if rel == 1 else bn if rel == 2 else 0
     band = 4 * wg * 16 * _wgmma_band_stride(bn) * 4 if rel == 1 and not config["SKEW"] else 0
     stage, q = (2 * bn + p_rows) * rb, (1 + bool(rel)) * 64 * wg * rb
-    return config["STAGES"] * stage + (0 if q <= stage else q) + band + 1024
+    bars = 16 * config["STAGES"] if config["WS"] else 0
+    return config["STAGES"] * stage + (0 if q <= stage and not config["WS"] else q) + band + bars + 1024
 
 
 def _wgmma_registers(config, shape) -> int:
@@ -264,9 +266,11 @@ def _wgmma_registers(config, shape) -> int:
     band (ESPnet form) accumulators, the q + u (and q + v) fragments, addressing. Against
     ptxas for sm_90a: 184 → 205 used (d_k 64, BN 64, ESPnet; 236 with CARRY, whose carried
     piece stays live through P . V), 248 → 255 with no spill (d_k 64, BN 128) or 64 bytes of
-    spill (d_k 128, BN 64)."""
+    spill (d_k 128, BN 64). With WS q + u and q + v are read from shared memory (no
+    fragments)."""
     bn, dk, rel = config["BN"], shape["DK"], shape["rel"]
-    return dk // 2 + bn // 2 + (rel == 1) * (bn + 64) // 2 + dk // 4 * (1 + bool(rel)) + 24
+    q = 0 if config["WS"] else dk // 4 * (1 + bool(rel))
+    return dk // 2 + bn // 2 + (rel == 1) * (bn + 64) // 2 + q + 24
 
 
 def _wgmma_constants(config, shape, dtype):
@@ -287,14 +291,18 @@ def _wgmma_valid(config, shape, dtype, gpu):
         return "CARRY keeps a piece of the ESPnet form's band: no band in this form"
     if config["SKEW"] and shape["rel"] != 1:
         return "SKEW skews the ESPnet form's band: no band in this form"
+    if config["WS"] and (config["WG"] != 2 or config["CARRY"] or (shape["rel"] == 1 and not config["SKEW"])):
+        return "WS (a producer warpgroup) takes WG 2, no CARRY and, in the ESPnet form, SKEW 1"
+    if config["PP"] and not config["WS"]:
+        return "PP orders the computing warpgroups of WS: WS 1"
     if config["BN"] == 64 and shape["DK"] == 64:
         return ("BN 64 at head dim 64 gives wrong results on an H100 (2026-12-07, every form; "
                 "cause not yet found): BN 128")
     if -(-shape["T"] // (64 * config["WG"])) * shape["B"] * shape["H"] > 2**31 - 1:
         return "more than 2^31-1 CTAs"
-    regs = _wgmma_registers(config, shape)
-    if regs > 255:
-        return f"about {regs} live registers per thread would spill"
+    regs, limit = _wgmma_registers(config, shape), 240 if config["WS"] else 255
+    if regs > limit:
+        return f"about {regs} live registers per thread would spill (limit {limit})"
     smem = _wgmma_smem(config, shape)
     if smem > gpu.smem_per_block:
         return f"{smem} bytes of shared memory (limit {gpu.smem_per_block})"
@@ -308,7 +316,7 @@ def _wgmma_heuristic(shape, dtype, gpu):
     2000, and faster there than ``cuda`` (BENCHMARKS.md, 2026-12-08). At head dim 128 (not
     timed) the band goes through shared memory, as before."""
     return {"BN": 128 if shape["DK"] == 64 else 64, "WG": 1, "STAGES": 2, "CARRY": 0,
-            "SKEW": int(shape["rel"] == 1 and shape["DK"] == 64)}
+            "SKEW": int(shape["rel"] == 1 and shape["DK"] == 64), "WS": 0, "PP": 0}
 
 
 CUDA_WGMMA = Impl(
@@ -318,7 +326,7 @@ CUDA_WGMMA = Impl(
     space=WGMMA_SPACE,
     launches=(Launch("relpos_attn_wgmma", ("cdiv(T, 64 * WG) * B * H", "1", "1"),
                      _ARGS,
-                     threads="128 * WG", smem="SMEM", pdl=True),),
+                     threads="128 * (WG + WS)", smem="SMEM", pdl=True),),
     constants=_wgmma_constants,
     valid=_wgmma_valid,
     heuristic=_wgmma_heuristic,

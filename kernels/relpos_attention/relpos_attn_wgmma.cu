@@ -24,10 +24,19 @@
 // columns in), after both products are done.
 // Masks, the online softmax and the output rows: attn_common.cuh.
 // Macros: HEADS, HEAD_DIM (64/128), REL (0 plain, 1 ESPnet, 2 WeNet legacy), CHUNK, LEFT, PACKED,
-// BN (64/128 keys per block), WG (1/2 warpgroups), STAGES (2/3), CARRY, SKEW (0/1, above), SMEM
-// (dynamic shared bytes, with 1024 for the swizzle atom's alignment).
+// BN (64/128 keys per block), WG (1/2 warpgroups), STAGES (2/3), CARRY, SKEW (0/1, above), WS,
+// PP (0/1, below), SMEM (dynamic shared bytes, with 1024 for the swizzle atom's alignment).
+// Warp specialisation (WS 1, FlashAttention-3's structure, arXiv:2407.08608): a producer
+// warpgroup (warps 0-3) issues every stage's copies and its threads arrive on the stage's ``full``
+// mbarrier as their copies land; the WG computing warpgroups wait on ``full``, compute as above
+// with q + u and q + v read by descriptor from shared memory, and arrive on the stage's
+// ``empty`` mbarrier after P . V, which the producer waits on before refilling it: no CTA-wide
+// barrier in the loop. setmaxnreg moves registers from the producer (24) to them (240). PP 1
+// (ping-pong): the computing warpgroups take turns issuing a block's score and band MMAs (named
+// barriers 2 and 3), so one's softmax runs under the other's MMAs.
 
-constexpr int BM = 64 * WG, THREADS = 128 * WG;
+constexpr int BM = 64 * WG, THREADS = 128 * (WG + WS);
+constexpr int LOADERS = WS ? 128 : THREADS;   // threads that issue the copies
 constexpr int HD = HEADS * HEAD_DIM;
 constexpr int QS = (1 + 2 * PACKED) * HD;  // row stride of q, k and v
 constexpr int CH = HEAD_DIM / 8;           // 16-byte chunks per row
@@ -44,10 +53,13 @@ constexpr int BAND_BYTES = REL == 1 && !SKEW ? 4 * WG * 16 * SB * 4 : 0;
 // stage, which the loop's first issue() fills only after they are read (so that BN 128 with the
 // register skew fits two CTAs per SM)
 constexpr int QS_BYTES = (1 + (REL != 0)) * Q_BYTES;
-constexpr bool Q_IN_STAGE = QS_BYTES <= STAGE_BYTES;
+constexpr bool Q_IN_STAGE = !WS && QS_BYTES <= STAGE_BYTES;
+constexpr int BAR_BYTES = WS ? 2 * STAGES * 8 : 0;   // the full and empty mbarrier of each stage
 static_assert((HEAD_DIM == 64 || HEAD_DIM == 128) && (BN == 64 || BN == 128) && STAGES >= 2, "unsupported tile");
-static_assert(STAGES * STAGE_BYTES + (Q_IN_STAGE ? 0 : QS_BYTES) + BAND_BYTES + 1024 <= SMEM,
+static_assert(STAGES * STAGE_BYTES + (Q_IN_STAGE ? 0 : QS_BYTES) + BAND_BYTES + BAR_BYTES + 1024 <= SMEM,
               "tiles exceed SMEM");
+static_assert(!WS || (WG == 2 && !CARRY && (REL != 1 || SKEW)), "WS: two computing warpgroups, no CARRY, SKEW 1");
+static_assert(!PP || WS, "PP orders the computing warpgroups of WS");
 
 // Byte offset of 16-byte chunk q of row r in a tile of ROWS rows: panels of 64 dims, each ROWS
 // rows of 128 bytes in the 128-byte swizzle.
@@ -58,14 +70,14 @@ __device__ __forceinline__ int at(int r, int q) {
 
 // Rows [FIRST, ROWS) of a tile of ROWS rows of HEAD_DIM elements from ``src_base`` (row stride
 // STRIDE elements; tile row 0 is row ``first``), rows outside [0, limit) zero-filled, with each
-// thread's share fixed: copy i (row FIRST + i / CH, chunk i % CH) by thread i % THREADS, so a
+// loading thread's share fixed: copy i (row FIRST + i / CH, chunk i % CH) by thread i % LOADERS, so a
 // thread keeps its chunk and takes rows r0, r0 + RS, ...; RS being a multiple of 8, they share
 // one swizzle, and its source and shared offsets are computed once. Where every row is inside
 // [0, limit) (a uniform branch: all but the edge blocks) the copies take no check.
 template <int ROWS, int FIRST, int STRIDE>
 struct TileShare {
-  static constexpr int RS = THREADS / CH, N = (ROWS - FIRST + RS - 1) / RS;
-  static_assert(THREADS % CH == 0 && RS % 8 == 0, "a thread's rows share their chunk and swizzle");
+  static constexpr int RS = LOADERS / CH, N = (ROWS - FIRST + RS - 1) / RS;
+  static_assert(LOADERS % CH == 0 && RS % 8 == 0, "a thread's rows share their chunk and swizzle");
   int r0, src0, dst0;
 
   __device__ __forceinline__ TileShare()
@@ -123,7 +135,7 @@ __device__ __forceinline__ void skew_piece(float (&sf)[BN / 2], const float (&bf
   }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
 relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
                   const ct_t* __restrict__ vg, const ct_t* __restrict__ pg,
                   const ct_t* __restrict__ pos_u, const ct_t* __restrict__ pos_v,
@@ -133,10 +145,14 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   char* s_qu = smem + (STAGES - (Q_IN_STAGE ? 1 : 0)) * STAGE_BYTES;
   char* s_qv = s_qu + Q_BYTES;
   float* s_band = reinterpret_cast<float*>(smem + STAGES * STAGE_BYTES + (Q_IN_STAGE ? 0 : QS_BYTES));
+  unsigned long long* full = reinterpret_cast<unsigned long long*>(reinterpret_cast<char*>(s_band) + BAND_BYTES);
+  unsigned long long* empty = full + STAGES;
   // the warp's index as lane 0's: a value ptxas knows is warp-uniform, so that what derives from
   // it (the band's descriptors, the skew's switch) stays in uniform registers and uniform code
   const int lane = threadIdx.x % 32, warp = __shfl_sync(0xffffffffu, threadIdx.x / 32, 0);
-  const int wg = WG == 1 ? 0 : warp / 4, w = warp % 4;
+  const bool producer = WS && warp < 4;
+  const int cw = WS ? max(warp - 4, 0) : warp;   // the warp's index among the computing warps
+  const int wg = WG == 1 ? 0 : cw / 4, w = cw % 4;
   const int g = lane / 4, t = lane % 4;
   const AttnCta<BM, HEADS, HEAD_DIM, PACKED, REL> cta(qg, kg, vg, pg, lengths, T);
   const int b = cta.b, h = cta.h, i0 = cta.i0, length = cta.length;
@@ -144,6 +160,15 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
   int lo;
   const int n_blocks = attn_key_blocks<BN, CHUNK, LEFT>(i0, BM, length, lo);
 
+  if constexpr (WS) {
+    if (threadIdx.x == 0) {
+      for (int st = 0; st < STAGES; ++st) {
+        mb_init(full + st, LOADERS);
+        mb_init(empty + st, 128 * WG);
+      }
+    }
+    __syncthreads();
+  }
   const TileShare<BN, 0, QS> kv_share;
   const TileShare<PW, 0, HD> p_share;
   const TileShare<PW, 64, HD> p_tail;   // with CARRY, rows [0, 64) after the first block are a piece carried over
@@ -158,26 +183,55 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
         else p_share.load(st + 2 * K_BYTES, ph, T - i0 - BM + j0, 2 * T - 1);
       }
       if constexpr (REL == 2) p_share.load(st + 2 * K_BYTES, ph, j0, T);
+      if constexpr (WS) mb_arrive_copies(full + block % STAGES);
     }
-    gt_cp_commit();
+    if constexpr (!WS) gt_cp_commit();
   };
+  if (!WS || producer) {
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) issue(s);
+    for (int s = 0; s < STAGES - 1 + WS; ++s) issue(s);
+  }
 
   // q + u and q + v, rounded to the activation dtype, staged once, then kept as A fragments
+  // (read by descriptor with WS)
   attn_stage_q<BM, HEAD_DIM, THREADS, REL>(s_qu, s_qv, cta.q, QS, i0, T,
                                            REL ? pos_u + h * HEAD_DIM : pos_u,
                                            REL ? pos_v + h * HEAD_DIM : pos_v,
                                            [](int r, int c) { return at<BM>(r, c); });
+  if constexpr (WS) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");   // stores -> wgmma reads
   __syncthreads();
-  unsigned a_u[KS][4], a_v[KS][4];
-  const int arow = 64 * wg + 16 * w + lane % 8 + 8 * ((lane / 8) % 2);
+  unsigned a_u[WS ? 1 : KS][4], a_v[WS ? 1 : KS][4];
+  if constexpr (!WS) {
+    const int arow = 64 * wg + 16 * w + lane % 8 + 8 * ((lane / 8) % 2);
 #pragma unroll
-  for (int ks = 0; ks < KS; ++ks) {
-    gt_ldmatrix_x4(a_u[ks], s_qu + at<BM>(arow, 2 * ks + lane / 16));
-    if (REL) gt_ldmatrix_x4(a_v[ks], s_qv + at<BM>(arow, 2 * ks + lane / 16));
+    for (int ks = 0; ks < KS; ++ks) {
+      gt_ldmatrix_x4(a_u[ks], s_qu + at<BM>(arow, 2 * ks + lane / 16));
+      if (REL) gt_ldmatrix_x4(a_v[ks], s_qv + at<BM>(arow, 2 * ks + lane / 16));
+    }
+    if constexpr (Q_IN_STAGE) __syncthreads();   // read before the loop's first issue() refills the stage
   }
-  if constexpr (Q_IN_STAGE) __syncthreads();   // read before the loop's first issue() refills the stage
+  if constexpr (WS) {
+    if (producer) {
+      wg_regs_dec<24>();
+      for (int block = STAGES; block < n_blocks; ++block) {
+        mb_wait(empty + block % STAGES, (block / STAGES - 1) & 1);
+        issue(block);
+      }
+      gt_cp_wait<0>();   // every copy has landed before the thread exits
+      return;
+    }
+    wg_regs_inc<240>();
+  }
+  const unsigned long long desc_qu = wg_desc(gt_smem(s_qu)), desc_qv = wg_desc(gt_smem(s_qv));
+  // d (+)= (q + u) . b, (q + v) . b for k16 step kk: A from registers, or with WS by descriptor
+  auto mma_u = [&](float (&d)[32], int kk, unsigned long long bdesc, int acc) {
+    if constexpr (WS) wg_mma_ss(d, kmajor<BM>(desc_qu, 64 * wg, 0, kk), bdesc, acc);
+    else wg_mma(d, a_u[kk], bdesc, acc);
+  };
+  auto mma_v = [&](float (&d)[32], int kk, unsigned long long bdesc, int acc) {
+    if constexpr (WS) wg_mma_ss(d, kmajor<BM>(desc_qv, 64 * wg, 0, kk), bdesc, acc);
+    else wg_mma(d, a_v[kk], bdesc, acc);
+  };
 
   const int i_lane = i0 + 64 * wg + 16 * w + g;   // this lane's query rows: i_lane, i_lane + 8
   int row_lo[2], row_hi[2];
@@ -195,11 +249,18 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 
   const unsigned long long desc_k0 = wg_desc(gt_smem(smem)), desc_v0 = wg_desc_mn64(gt_smem(smem) + K_BYTES);
   static_assert(STAGE_BYTES % 16 == 0 && K_BYTES % 16 == 0, "descriptors move in 16-byte units");
+  if constexpr (PP) {
+    if (wg == 1 && n_blocks > 0) named_arrive(2, 256);   // warpgroup 0 issues first
+  }
   for (int block = 0; block < n_blocks; ++block) {
-    issue(block + STAGES - 1);
-    gt_cp_wait<STAGES - 1>();
+    if constexpr (WS) {
+      mb_wait(full + block % STAGES, (block / STAGES) & 1);
+    } else {
+      issue(block + STAGES - 1);
+      gt_cp_wait<STAGES - 1>();
+    }
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");   // cp.async writes -> wgmma reads
-    __syncthreads();
+    if constexpr (!WS) __syncthreads();
     // the stage's descriptors: K and p K-major, V MN-major (stage 0's, moved by an add)
     const int stage16 = (block % STAGES) * (STAGE_BYTES >> 4);
     const unsigned long long dk = desc_k0 + stage16, dp = dk + (2 * K_BYTES >> 4), dv = desc_v0 + stage16;
@@ -211,6 +272,7 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
         for (int e = 0; e < 32; ++e) band[0][e] = band[NBAND - 1][e];
       }
     }
+    if constexpr (PP) named_sync(2 + wg, 256);   // this warpgroup's turn to issue
     wg_fence();
     float (&sf)[BN / 2] = reinterpret_cast<float (&)[BN / 2]>(s);
     if constexpr (REL == 1 && SKEW) {
@@ -224,14 +286,11 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 #pragma unroll
           for (int nb = n == 0 ? 0 : n + 1; nb <= n + 1; ++nb)
             if (!CARRY || nb > 0 || block == 0)
-              wg_mma(band[nb], a_v[kk], kmajor<PW>(dp, 64 * (WG - 1 - wg), nb, kk), kk);
+              mma_v(band[nb], kk, kmajor<PW>(dp, 64 * (WG - 1 - wg), nb, kk), kk);
 #pragma unroll
-        for (int kk = 0; kk < KS; ++kk) wg_mma(s[n], a_u[kk], kmajor<BN>(dk, 0, n, kk), kk);
+        for (int kk = 0; kk < KS; ++kk) mma_u(s[n], kk, kmajor<BN>(dk, 0, n, kk), kk);
         wg_commit();
       }
-      const float (&bf)[32 * NBAND] = reinterpret_cast<const float (&)[32 * NBAND]>(band);
-      skew_piece<0>(sf, bf, band, s, w, lane);
-      if constexpr (BN > 64) skew_piece<1>(sf, bf, band, s, w, lane);
     } else {
       if constexpr (REL == 1) {   // the band first: its skew overlaps the tensor cores' q . k^T
 #pragma unroll
@@ -239,52 +298,59 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
 #pragma unroll
           for (int n = 0; n < NBAND; ++n)
             if (!CARRY || n > 0 || block == 0)
-              wg_mma(band[n], a_v[kk], kmajor<PW>(dp, 64 * (WG - 1 - wg), n, kk), kk);
+              mma_v(band[n], kk, kmajor<PW>(dp, 64 * (WG - 1 - wg), n, kk), kk);
         wg_commit();
       }
 #pragma unroll
       for (int kk = 0; kk < KS; ++kk)
 #pragma unroll
-        for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_u[kk], kmajor<BN>(dk, 0, n, kk), kk);
+        for (int n = 0; n < BN / 64; ++n) mma_u(s[n], kk, kmajor<BN>(dk, 0, n, kk), kk);
       if constexpr (REL == 2) {
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk)
 #pragma unroll
-          for (int n = 0; n < BN / 64; ++n) wg_mma(s[n], a_v[kk], kmajor<PW>(dp, 0, n, kk), 1);
+          for (int n = 0; n < BN / 64; ++n) mma_v(s[n], kk, kmajor<PW>(dp, 0, n, kk), 1);
       }
       wg_commit();
+    }
+    if constexpr (PP) {   // the other warpgroup's turn (none after warpgroup 1's last block)
+      if (wg == 0 || block + 1 < n_blocks) named_arrive(2 + (1 - wg), 256);
+    }
 
-      if constexpr (REL == 1 && !SKEW) {
-        wg_wait<1>();   // the band is done; q . k^T may still run
+    if constexpr (REL == 1 && SKEW) {
+      const float (&bf)[32 * NBAND] = reinterpret_cast<const float (&)[32 * NBAND]>(band);
+      skew_piece<0>(sf, bf, band, s, w, lane);
+      if constexpr (BN > 64) skew_piece<1>(sf, bf, band, s, w, lane);
+    } else if constexpr (REL == 1) {
+      wg_wait<1>();   // the band is done; q . k^T may still run
 #pragma unroll
-        for (int n = 0; n < NBAND; ++n) wg_keep(band[n]);
+      for (int n = 0; n < NBAND; ++n) wg_keep(band[n]);
 #pragma unroll
-        for (int i = 0; i < (BN + 64) / 8; ++i) {   // band n8 tile i: columns 8 i .. 8 i + 7
-          const int c = 8 * (i - tile0) + 2 * t;
-          if (i >= tile0 && i < tile0 + SB0 / 8) {   // warp-uniform
-            const float* d = band[i / 8] + 4 * (i % 8);
-            *reinterpret_cast<float2*>(band_w + g * SB + c) = make_float2(d[0], d[1]);
-            *reinterpret_cast<float2*>(band_w + (g + 8) * SB + c) = make_float2(d[2], d[3]);
-          }
+      for (int i = 0; i < (BN + 64) / 8; ++i) {   // band n8 tile i: columns 8 i .. 8 i + 7
+        const int c = 8 * (i - tile0) + 2 * t;
+        if (i >= tile0 && i < tile0 + SB0 / 8) {   // warp-uniform
+          const float* d = band[i / 8] + 4 * (i % 8);
+          *reinterpret_cast<float2*>(band_w + g * SB + c) = make_float2(d[0], d[1]);
+          *reinterpret_cast<float2*>(band_w + (g + 8) * SB + c) = make_float2(d[2], d[3]);
         }
-        __syncwarp();
-        wg_wait<0>();
-#pragma unroll
-        for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int c = 8 * nt + 2 * t + e;
-            sf[4 * nt + e] += band_w[g * SB + c + 15 - g];
-            sf[4 * nt + 2 + e] += band_w[(g + 8) * SB + c + 7 - g];
-          }
-        __syncwarp();   // every lane has read the band before the next block's is written
-      } else {
-        wg_wait<0>();
-#pragma unroll
-        for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
       }
+      __syncwarp();
+      wg_wait<0>();
+#pragma unroll
+      for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = 8 * nt + 2 * t + e;
+          sf[4 * nt + e] += band_w[g * SB + c + 15 - g];
+          sf[4 * nt + 2 + e] += band_w[(g + 8) * SB + c + 7 - g];
+        }
+      __syncwarp();   // every lane has read the band before the next block's is written
+    } else {
+      wg_wait<0>();
+#pragma unroll
+      for (int n = 0; n < BN / 64; ++n) wg_keep(s[n]);
     }
 
     float (&of)[HEAD_DIM / 2] = reinterpret_cast<float (&)[HEAD_DIM / 2]>(o);
@@ -306,9 +372,10 @@ relpos_attn_wgmma(const ct_t* __restrict__ qg, const ct_t* __restrict__ kg,
     wg_keep(pa);
 #pragma unroll
     for (int d = 0; d < HEAD_DIM / 64; ++d) wg_keep(o[d]);
-    __syncthreads();   // this stage is refilled by a later issue()
+    if constexpr (WS) mb_arrive(empty + block % STAGES);   // the producer may refill the stage
+    else __syncthreads();   // this stage is refilled by a later issue()
   }
-  gt_cp_wait<0>();
+  if constexpr (!WS) gt_cp_wait<0>();
 
   attn_store_rows<HEAD_DIM / 8>(out, static_cast<ct_i64>(b) * T * HD + h * HEAD_DIM, HD,
                                 reinterpret_cast<const float (&)[HEAD_DIM / 2]>(o), l_i, i_lane, T,
