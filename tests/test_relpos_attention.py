@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import contract, gpu, launch, verify
+from kernels import contract, expr, gpu, launch, verify
 from kernels.relpos_attention import reference, rel_pos_attention
 
 K = kernels.get("relpos_attention")
@@ -263,6 +263,41 @@ def test_wgmma_impl_is_for_sm90_only_and_compiles_to_hgmma():
     mmas = re.findall(r"HGMMA\.64x64x16\.F32 R\d+, (\S+), gdesc\[\w+\](\.tnspB)?", sass)
     assert all(a.startswith("R") for a, _ in mmas), sass[-2000:]
     assert sum(not t for _, t in mmas) == 20 and sum(bool(t) for _, t in mmas) == 8, mmas
+
+
+def test_wgmma_warp_specialised_compiles_to_a_producer_and_two_consumers():
+    """cuda_wgmma's WS 1 (with PP 1) at issue 5's shape: refused, with the reason, without two
+    computing warpgroups, with CARRY, with the band through shared memory, and PP without WS;
+    accepted, it launches 384 threads and compiles (sm_90a) to a producer that gives its
+    registers back (setmaxnreg 24) and arrives on the stages' mbarriers as its cp.async land,
+    and consumers that take 240 registers, read q + u and q + v by descriptor (20 MMAs per block
+    with no register operand) and P from registers (8), take turns by named barrier, and spill
+    nothing (every local store is the producer's, after its setmaxnreg)."""
+    import re
+
+    from kernels import gpu
+    from tests.sass import sass_of
+
+    impl = K.impl("cuda_wgmma")
+    shape = _shape(b=32, t=2000, h=4, dk=64)
+    h100 = gpu.by_name("h100")
+    config = {"BN": 128, "WG": 2, "STAGES": 2, "CARRY": 0, "SKEW": 1, "WS": 1, "PP": 1}
+    assert impl.valid(config, shape, "float16", h100) is None
+    for change in ({"WG": 1}, {"CARRY": 1}, {"SKEW": 0}):
+        assert "WS" in impl.valid({**config, **change}, shape, "float16", h100)
+    assert "PP" in impl.valid({**config, "WS": 0}, shape, "float16", h100)
+    consts = contract.resolved_constants(K, impl, config, shape, "float16")
+    assert consts["SMEM"] <= h100.smem_per_block
+    assert expr.evaluate(impl.launches[0].threads, consts) == 384
+    sass = sass_of("relpos_attention", "cuda_wgmma", config, shape)
+    dealloc = re.search(r"/\*([0-9a-f]+)\*/\s+USETMAXREG\.DEALLOC\.CTAPOOL 0x18\b", sass)
+    assert dealloc and re.search(r"USETMAXREG\.TRY_ALLOC\.CTAPOOL \w+, 0xf0\b", sass), sass[-3000:]
+    assert "ARRIVES.LDGSTSBAR" in sass and "SYNCS.PHASECHK" in sass and "BAR.ARV" in sass
+    ss = re.findall(r"HGMMA\.64x64x16\.F32 R\d+, gdesc\[", sass)
+    rs = re.findall(r"HGMMA\.64x64x16\.F32 R\d+, R\d+, gdesc\[\w+\]\.tnspB", sass)
+    assert len(ss) == 20 and len(rs) == 8, (len(ss), len(rs))
+    spills = [int(a, 16) for a in re.findall(r"/\*([0-9a-f]+)\*/\s+(?:STL|LDL)\b", sass)]
+    assert all(a > int(dealloc.group(1), 16) for a in spills), spills[:4]
 
 
 @pytest.mark.parametrize("arch", ["sm_86", "sm_90"])
