@@ -36,7 +36,12 @@ Implementations:
   does. The same
   launch and masks.
   Measured on an H100 (2026-12-07): correct at d_k 128 and at d_k 64 with 128-key blocks, wrong
-  at d_k 64 with 64-key blocks (refused), and slower than ``cuda`` where timed.
+  at d_k 64 with 64-key blocks (refused). ``WS`` 1 specialises warps as FlashAttention-3 does (a
+  producer warpgroup copying K, V and p into the stages, two computing warpgroups, mbarriers
+  between them, no CTA-wide barrier in the loop); ``PP`` 1 makes the two take turns issuing
+  their score MMAs. Every SKEW 1 config, WS and PP included, passed the H100's reference checks
+  (2026-12-08); the heuristic's (BN 128, one warpgroup, SKEW 1: two CTAs per SM) is the fastest
+  timed at issue 5's shape (BENCHMARKS.md).
 """
 from __future__ import annotations
 
